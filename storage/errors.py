@@ -1,0 +1,40 @@
+"""Exceptions of the cache format. Each message names the problem and the fix."""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = ["CacheError", "NotACacheError", "FingerprintMismatchError", "CorruptCacheError", "DiskFullError", "as_disk_full"]
+
+
+class CacheError(Exception):
+    """Base of every storage error."""
+
+
+class NotACacheError(CacheError):
+    """The path holds no actcache cache (or an unsupported format version)."""
+
+
+class FingerprintMismatchError(CacheError):
+    """An append would mix activations of a different model, tokenizer, dtype or capture spec."""
+
+
+class CorruptCacheError(CacheError):
+    """A checksum or commit record does not hold."""
+
+
+class DiskFullError(CacheError):
+    """The store ran out of space; committed work is intact and the build can resume."""
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def as_disk_full(error: BaseException, where: str) -> DiskFullError | None:
+    """The DiskFullError to raise for an OSError that means "no space left", else None."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return DiskFullError(
+            f"disk full while writing {where} ({error.strerror}): free space and rerun the same command; "
+            "committed documents are intact and the build resumes"
+        )
+    return None

@@ -1,0 +1,123 @@
+"""What a cache's activations depend on. Appending is allowed only when every field is equal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dtypes import SUPPORTED_DTYPES
+
+__all__ = ["CaptureSpec", "CacheFingerprint", "canonical_json", "digest"]
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form every digest is taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """Which activations are stored, and how documents were cut."""
+
+    hooks: tuple[str, ...]
+    layers: tuple[int, ...]
+    max_length: int
+    truncation_side: str = "right"
+
+    def __post_init__(self) -> None:
+        if not self.hooks:
+            raise ValueError("a capture spec needs at least one hook")
+        if not self.layers:
+            raise ValueError("a capture spec needs at least one layer")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers must be sorted and unique, got {list(self.layers)}")
+        if self.truncation_side not in ("left", "right"):
+            raise ValueError(f"truncation_side must be left or right, not {self.truncation_side!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hooks": list(self.hooks),
+            "layers": list(self.layers),
+            "max_length": self.max_length,
+            "truncation_side": self.truncation_side,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaptureSpec:
+        return cls(
+            hooks=tuple(data["hooks"]),
+            layers=tuple(int(x) for x in data["layers"]),
+            max_length=int(data["max_length"]),
+            truncation_side=data.get("truncation_side", "right"),
+        )
+
+
+@dataclass(frozen=True)
+class CacheFingerprint:
+    """Model, tokenizer, compute dtype and capture spec of a cache.
+
+    `model` and `tokenizer` are JSON mappings made by the builder (config, weight digests, quantization; tokenizer
+    digest); `widths` maps each hook to its row width and `hook_attrs` carries per-hook extras (e.g. head shape).
+    """
+
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    dtype: str
+    capture: CaptureSpec
+    widths: dict[str, int] = field(default_factory=dict)
+    hook_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r}: use one of {', '.join(SUPPORTED_DTYPES)}")
+        missing = [h for h in self.capture.hooks if h not in self.widths]
+        if missing:
+            raise ValueError(f"no width given for hook(s) {missing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "tokenizer": self.tokenizer,
+            "dtype": self.dtype,
+            "capture": self.capture.to_dict(),
+            "widths": dict(self.widths),
+            "hook_attrs": dict(self.hook_attrs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CacheFingerprint:
+        return cls(
+            model=data["model"],
+            tokenizer=data["tokenizer"],
+            dtype=data["dtype"],
+            capture=CaptureSpec.from_dict(data["capture"]),
+            widths={k: int(v) for k, v in data["widths"].items()},
+            hook_attrs=data.get("hook_attrs", {}),
+        )
+
+    @property
+    def digest(self) -> str:
+        return digest(self.to_dict())
+
+    def differences(self, other: CacheFingerprint) -> list[str]:
+        """Dotted paths of the fields that differ, e.g. `model.config.num_hidden_layers` or `capture.layers`."""
+        return _diff_paths(self.to_dict(), other.to_dict(), "")
+
+
+def _diff_paths(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        paths: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            sub = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                paths.append(sub)
+            else:
+                paths.extend(_diff_paths(a[key], b[key], sub))
+        return paths
+    return [] if canonical_json(a) == canonical_json(b) else [prefix]

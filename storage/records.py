@@ -1,0 +1,66 @@
+"""Plain metadata records of the format: documents, arrays, commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DocRecord", "ArraySpec", "ArrayManifest"]
+
+
+@dataclass(frozen=True)
+class DocRecord:
+    """One stored document: its content key, its real token count, its labels, and its length before truncation."""
+
+    key: str
+    n_tokens: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    original_tokens: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_tokens is not None and self.original_tokens > self.n_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "n_tokens": self.n_tokens, "meta": self.meta}
+        if self.original_tokens is not None:
+            out["original_tokens"] = self.original_tokens
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DocRecord:
+        return cls(
+            key=data["key"],
+            n_tokens=int(data["n_tokens"]),
+            meta=data.get("meta", {}),
+            original_tokens=data.get("original_tokens"),
+        )
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One activation array of a segment: (hook, layer), row width and the name of its feature dimension."""
+
+    hook: str
+    layer: int
+    width: int
+    feature_dim: str = "feature"
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArrayManifest:
+    """What a writer put in one array: checked by the commit and by `verify`."""
+
+    name: str
+    shape: tuple[int, ...]
+    chunk_rows: int
+    n_chunks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "n_chunks": self.n_chunks}
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> ArrayManifest:
+        return cls(name=name, shape=tuple(data["shape"]), chunk_rows=int(data["chunk_rows"]),
+                   n_chunks=int(data["n_chunks"]))

@@ -1,0 +1,134 @@
+"""Streaming, chunk-aligned writes of one segment's activation arrays, compressed beside the caller's work.
+
+A segment belongs to exactly one writer per array: the arrays' metadata is created up front by the cache writer,
+and each `SegmentWriter` (one per process or pipeline stage) fills only the arrays it was given, whole chunks at a
+time, so no two writers ever touch the same chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .dtypes import to_storage
+from .errors import as_disk_full
+from .layout import segment_path
+from .records import ArrayManifest
+
+__all__ = ["SegmentWriter"]
+
+
+class _ArrayStream:
+    """Rows waiting for a whole chunk, and the next row to write."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.chunk_rows = int(array.chunks[0])
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.offset = 0  # first row not yet handed to a write
+
+    def take(self, final: bool) -> tuple[int, np.ndarray] | None:
+        rows = self.pending_rows if final else (self.pending_rows // self.chunk_rows) * self.chunk_rows
+        if rows == 0:
+            return None
+        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        out, rest = block[:rows], block[rows:]
+        self.pending = [rest] if len(rest) else []
+        self.pending_rows = len(rest)
+        start = self.offset
+        self.offset += rows
+        return start, out
+
+
+class SegmentWriter:
+    """Appends rows to a segment's arrays in token order; `close()` waits for every write and returns manifests.
+
+    Writes run on `threads` background threads (zstd and crc32c release the GIL), with at most `max_pending`
+    blocks queued so that a slow disk slows the producer instead of filling memory.
+    """
+
+    def __init__(self, cache_path: str | Path, segment_id: str, names: list[str], dtype: str, *,
+                 threads: int = 2, max_pending: int = 16) -> None:
+        group = zarr.open_group(zarr.storage.LocalStore(str(cache_path)), path=segment_path(segment_id), mode="r+")
+        self.segment_id = segment_id
+        self.dtype = dtype
+        self._streams = {name: _ArrayStream(group[name]) for name in names}  # type: ignore[arg-type]
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._futures: list[Future[Any]] = []
+        self._closed = False
+
+    def append(self, name: str, rows: Any) -> None:
+        """Queue the next rows of array `name` (numpy, or a torch tensor in the cache dtype)."""
+        stream = self._streams[name]
+        block = to_storage(rows, self.dtype)
+        if block.ndim != 2 or block.shape[1] != stream.array.shape[1]:
+            raise ValueError(f"{name}: expected rows of width {stream.array.shape[1]}, got shape {block.shape}")
+        if stream.offset + stream.pending_rows + len(block) > stream.array.shape[0]:
+            raise ValueError(f"{name}: more rows than the segment's {stream.array.shape[0]} tokens")
+        stream.pending.append(np.ascontiguousarray(block))
+        stream.pending_rows += len(block)
+        self._flush(stream, final=False)
+
+    def _flush(self, stream: _ArrayStream, final: bool) -> None:
+        taken = stream.take(final)
+        if taken is None:
+            return
+        self._raise_failed()
+        start, block = taken
+        self._slots.acquire()
+        future = self._pool.submit(self._write, stream.array, start, block)
+        self._futures.append(future)
+
+    def _write(self, array: zarr.Array, start: int, block: np.ndarray) -> None:
+        try:
+            array[start:start + len(block)] = block
+        finally:
+            self._slots.release()
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._futures if f.done()]
+        self._futures = [f for f in self._futures if not f.done()]
+        for future in done:
+            _reraise(future, self.segment_id)
+
+    def close(self) -> list[ArrayManifest]:
+        """Write the last partial chunks, wait for every write, and describe what was written."""
+        if self._closed:
+            raise RuntimeError("segment writer already closed")
+        self._closed = True
+        try:
+            for stream in self._streams.values():
+                self._flush(stream, final=True)
+            for future in self._futures:
+                _reraise(future, self.segment_id)
+        finally:
+            self._pool.shutdown(wait=True)
+        manifests = []
+        for name, stream in self._streams.items():
+            if stream.offset != stream.array.shape[0]:
+                raise ValueError(f"{name}: wrote {stream.offset} of {stream.array.shape[0]} rows")
+            n_chunks = -(-stream.array.shape[0] // stream.chunk_rows)
+            manifests.append(ArrayManifest(name, tuple(stream.array.shape), stream.chunk_rows, n_chunks))
+        return manifests
+
+    def abort(self) -> None:
+        """Stop without committing: what was written stays invisible garbage."""
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _reraise(future: Future[Any], segment_id: str) -> None:
+    error = future.exception()
+    if error is None:
+        return
+    disk_full = as_disk_full(error, f"segment {segment_id}")
+    if disk_full is not None:
+        raise disk_full from error
+    raise error

@@ -1,0 +1,113 @@
+"""Check every commit record, every chunk's presence and every crc32c checksum; name the documents affected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .commit_log import LocalCommitLog
+from .errors import CacheError
+from .index import CommitRecord
+from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, segment_path
+from .root import open_root
+
+__all__ = ["Problem", "VerifyReport", "verify_cache"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str
+    message: str
+    documents: tuple[str, ...] = ()  # "key (source)" of each affected document
+
+
+@dataclass
+class VerifyReport:
+    units: int = 0
+    documents: int = 0
+    chunks: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_cache(path: str | Path, progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Read every committed chunk once. `progress` is called with the number of chunks just checked."""
+    path = Path(path)
+    group, fingerprint = open_root(path)
+    log = LocalCommitLog(path / COMMITS)
+    expected = [activation_name(h, layer) for h in fingerprint.capture.hooks for layer in fingerprint.capture.layers]
+    report = VerifyReport()
+    for name in log.names():
+        try:
+            record = CommitRecord.from_dict(log.get(name))
+        except (ValueError, KeyError, TypeError) as error:
+            report.problems.append(Problem(f"commits/{name}", f"unreadable commit record ({error})"))
+            continue
+        report.units += 1
+        report.documents += len(record.documents)
+        if record.fingerprint != fingerprint.digest:
+            report.problems.append(Problem(f"commits/{name}", "commit belongs to a different fingerprint"))
+        _verify_unit(path, group, record, expected, report, progress)
+    return report
+
+
+def _labels(record: CommitRecord, first_row: int, stop_row: int) -> tuple[str, ...]:
+    labels, start = [], 0
+    for doc in record.documents:
+        if start < stop_row and start + doc.n_tokens > first_row:
+            labels.append(f"{doc.key} ({doc.meta.get('source', 'no source')})")
+        start += doc.n_tokens
+    return tuple(labels)
+
+
+def _verify_unit(path: Path, group: zarr.Group, record: CommitRecord, expected: list[str], report: VerifyReport,
+                 progress: Callable[[int], None] | None) -> None:
+    seg = segment_path(record.segment)
+    n_tokens = sum(d.n_tokens for d in record.documents)
+    everyone = _labels(record, 0, n_tokens)
+    try:
+        seg_group = group[seg]
+        offsets = np.asarray(seg_group[DOC_OFFSETS][:])
+        token_ids = seg_group[TOKEN_IDS]
+        if len(token_ids[:]) != n_tokens:
+            raise CacheError(f"{len(token_ids)} token ids for {n_tokens} tokens")
+    except Exception as error:  # noqa: BLE001 - any failure here means the unit's metadata is unusable
+        report.problems.append(Problem(seg, f"segment metadata unreadable or inconsistent ({error})", everyone))
+        return
+    if offsets.tolist() != np.concatenate([[0], np.cumsum([d.n_tokens for d in record.documents])]).tolist():
+        report.problems.append(Problem(seg, "doc_offsets disagree with the commit record", everyone))
+    for name in expected:
+        manifest = record.arrays.get(name)
+        if manifest is None:
+            report.problems.append(Problem(f"{seg}/{name}", "array missing from the commit record", everyone))
+            continue
+        try:
+            array = seg_group[name]
+        except KeyError:
+            report.problems.append(Problem(f"{seg}/{name}", "array missing from the store", everyone))
+            continue
+        if tuple(array.shape) != manifest.shape:
+            report.problems.append(Problem(f"{seg}/{name}", f"shape {array.shape} != committed {manifest.shape}",
+                                           everyone))
+            continue
+        rows = manifest.chunk_rows
+        for i in range(manifest.n_chunks):
+            where = f"{seg}/{name} chunk {i}"
+            affected = _labels(record, i * rows, (i + 1) * rows)
+            if not (path / seg / name / "c" / str(i) / "0").is_file():
+                report.problems.append(Problem(where, "chunk file missing", affected))
+                continue
+            try:
+                array[i * rows:(i + 1) * rows]
+            except Exception as error:  # noqa: BLE001 - crc32c and codec failures come in several types
+                report.problems.append(Problem(where, f"checksum or decode failed ({error})", affected))
+            report.chunks += 1
+            if progress is not None:
+                progress(1)

@@ -1,0 +1,138 @@
+"""Creating a cache, opening it for append, starting segments and committing them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from .commit_log import LocalCommitLog
+from .dtypes import storage_dtype
+from .errors import CacheError, NotACacheError, as_disk_full
+from .fingerprint import CacheFingerprint
+from .index import CommitIndex, CommitRecord
+from .layout import (
+    COMMITS,
+    DOC_OFFSETS,
+    TOKEN_IDS,
+    activation_name,
+    chunk_tokens_for,
+    commit_name,
+    segment_path,
+)
+from .records import ArrayManifest, ArraySpec, DocRecord
+from .root import check_same_fingerprint, create_root, open_root
+from .segment import SegmentWriter
+
+__all__ = ["CacheWriter", "FEATURE_DIMS", "ZSTD_LEVEL"]
+
+ZSTD_LEVEL = 1
+# names of each hook's feature dimension, for xarray; unknown hooks get "feature"
+FEATURE_DIMS = {"resid_post": "d_model", "attn_z": "head_feature"}
+_NAN_BITS = {"float32": float("nan"), "float16": float("nan"), "bfloat16": 0x7FC0}  # a missing chunk reads NaN
+
+
+def _compressors() -> list[object]:
+    return [ZstdCodec(level=ZSTD_LEVEL, checksum=False), Crc32cCodec()]
+
+
+class CacheWriter:
+    """Write side of a cache. Safe to open from many processes: each segment has one writer per array."""
+
+    def __init__(self, path: Path, fingerprint: CacheFingerprint, group: zarr.Group) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self._group = group
+        self._log = LocalCommitLog(path / COMMITS)
+
+    @classmethod
+    def open(cls, path: str | Path, fingerprint: CacheFingerprint) -> CacheWriter:
+        """Create the cache, or open it for append when its fingerprint is the same (else say which field differs)."""
+        path = Path(path)
+        try:
+            group, cached = open_root(path, mode="r+")
+        except NotACacheError:
+            if path.exists() and any(path.iterdir()):
+                raise
+            try:
+                group = create_root(path, fingerprint)
+            except OSError as error:
+                raise (as_disk_full(error, str(path)) or error) from error
+            return cls(path, fingerprint, group)
+        check_same_fingerprint(path, cached, fingerprint)
+        return cls(path, cached, group)
+
+    def index(self) -> CommitIndex:
+        """What is committed now (re-read each call: other writers may have committed)."""
+        return CommitIndex.load(self._log)
+
+    def array_specs(self) -> list[ArraySpec]:
+        fp = self.fingerprint
+        return [
+            ArraySpec(hook, layer, fp.widths[hook], FEATURE_DIMS.get(hook, "feature"), fp.hook_attrs.get(hook, {}))
+            for hook in fp.capture.hooks
+            for layer in fp.capture.layers
+        ]
+
+    def begin_segment(self, unit_id: str, docs: Sequence[DocRecord], token_ids: np.ndarray) -> str:
+        """Create a segment's group, token arrays and (empty) activation arrays; return its id.
+
+        Every array's metadata exists before any writer starts, so writers only ever write their own chunks.
+        """
+        n_tokens = sum(d.n_tokens for d in docs)
+        if len(token_ids) != n_tokens:
+            raise ValueError(f"unit {unit_id}: {len(token_ids)} token ids for {n_tokens} document tokens")
+        segment_id = f"{unit_id[:16]}-{uuid.uuid4().hex[:12]}"
+        try:
+            self._create_segment(segment_id, unit_id, docs, token_ids, n_tokens)
+        except OSError as error:
+            raise (as_disk_full(error, f"segment {segment_id}") or error) from error
+        return segment_id
+
+    def _create_segment(self, segment_id: str, unit_id: str, docs: Sequence[DocRecord], token_ids: np.ndarray,
+                        n_tokens: int) -> None:
+        attrs = {"unit_id": unit_id, "documents": [d.to_dict() for d in docs]}
+        group = self._group.create_group(segment_path(segment_id), attributes=attrs)
+        offsets = np.concatenate([[0], np.cumsum([d.n_tokens for d in docs])]).astype(np.int64)
+        group.create_array(TOKEN_IDS, data=np.asarray(token_ids, dtype=np.int32), compressors=_compressors(),
+                           chunks=(max(1, min(n_tokens, 1 << 18)),), dimension_names=["token"])
+        group.create_array(DOC_OFFSETS, data=offsets, compressors=_compressors(), dimension_names=["doc_edge"])
+        dtype = self.fingerprint.dtype
+        for spec in self.array_specs():
+            rows = chunk_tokens_for(spec.width, storage_dtype(dtype).itemsize)
+            group.create_array(
+                activation_name(spec.hook, spec.layer),
+                shape=(n_tokens, spec.width),
+                chunks=(rows, spec.width),
+                dtype=storage_dtype(dtype),
+                compressors=_compressors(),
+                fill_value=_NAN_BITS[dtype],
+                dimension_names=["token", spec.feature_dim],
+                attributes={"hook": spec.hook, "layer": spec.layer, "actcache_dtype": dtype, **spec.attrs},
+            )
+
+    def segment_writer(self, segment_id: str, names: Sequence[str] | None = None, **options: int) -> SegmentWriter:
+        """A writer for `names` (default: every activation array) of a begun segment."""
+        if names is None:
+            names = [activation_name(s.hook, s.layer) for s in self.array_specs()]
+        return SegmentWriter(self.path, segment_id, list(names), self.fingerprint.dtype, **options)
+
+    def commit(self, unit_id: str, segment_id: str, docs: Sequence[DocRecord],
+               manifests: Sequence[ArrayManifest]) -> bool:
+        """Publish a unit, last and atomically; False when the same unit was committed by someone else first."""
+        expected = {activation_name(s.hook, s.layer) for s in self.array_specs()}
+        written = {m.name for m in manifests}
+        if written != expected:
+            missing = sorted(expected - written)
+            raise CacheError(f"unit {unit_id}: arrays {missing} were not written; the unit stays uncommitted")
+        record = CommitRecord(unit_id, segment_id, self.fingerprint.digest, tuple(docs),
+                              {m.name: m for m in manifests}, time.time())
+        try:
+            return self._log.put_if_absent(commit_name(unit_id), record.to_dict())
+        except OSError as error:
+            raise (as_disk_full(error, f"the commit of unit {unit_id}") or error) from error
