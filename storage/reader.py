@@ -14,7 +14,6 @@ import zarr
 from .commit_log import LocalCommitLog
 from .dtypes import to_torch, widen_to_float32
 from .errors import CacheError
-from .fingerprint import CacheFingerprint
 from .index import CommitIndex, DocLocation
 from .layout import COMMITS, TOKEN_IDS, activation_name, segment_path
 from .root import open_root

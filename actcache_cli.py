@@ -1,0 +1,79 @@
+"""The `actcache` command: one small module above storage/, cache_builder/, cluster/ and solvers/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+# Errors that are the user's input, not our bugs: printed as one line, exit code 2.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cache_builder.corpus import CorpusError
+    from cache_builder.model_source import ModelError
+    from storage import CacheError
+
+    return (CacheError, CorpusError, ModelError, ValueError, KeyError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cache_builder import cli as builder_cli
+    from storage import cli as storage_cli
+
+    parser = argparse.ArgumentParser(prog="actcache", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="capture activations of a corpus into a cache (resumable, appendable)")
+    builder_cli.add_build_arguments(build)
+    build.set_defaults(func=_run_build)
+
+    demo = sub.add_parser("demo", help="build the bundled demo corpus with SmolLM2 and show the cache")
+    demo.add_argument("--out", default="actcache-demo", help="output folder (default: ./actcache-demo)")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.set_defaults(func=_run_demo)
+
+    builder_cli.register(sub)
+    storage_cli.register(sub)
+    return parser
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from cache_builder import cli as builder_cli
+    from cache_builder.build import build_cache
+
+    report = build_cache(builder_cli.settings_from_args(args))
+    print(report.summary(args.out))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from cache_builder.build import BuildSettings, build_cache
+    from cache_builder.corpus import DEMO_CORPUS
+    from storage import open_cache
+    from storage.cli import format_info
+
+    out = Path(args.out)
+    settings = BuildSettings(model="smollm2-135m", corpus=DEMO_CORPUS, out=out / "cache", layers="8,15,22",
+                             progress=not args.no_progress)
+    report = build_cache(settings)
+    print(report.summary(settings.out))
+    print(format_info(open_cache(settings.out).info()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _user_errors() as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"actcache: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("actcache: interrupted; committed work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

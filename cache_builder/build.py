@@ -1,0 +1,219 @@
+"""The single-process build: corpus -> tokens -> units -> forward with hooks -> compressed, committed segments.
+
+`prepare_build` does everything that needs no forward pass (validation, fingerprint, dedup, plan) and is shared
+with the distributed builder in `cluster/`; `build_cache` runs the units in this process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+from storage.fingerprint import digest
+from storage.layout import activation_name
+
+from .capture import check_hooks, record_activations
+from .corpus import load_corpus
+from .model_source import (
+    ResolvedModel,
+    head_shape,
+    hook_widths,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    num_layers,
+    resolve_model,
+    tokenizer_fingerprint,
+)
+from .planning import TokenizedDoc, Unit, pending_units, plan_units, tokenize_documents
+from .runner import DecoderStack, pad_batch
+
+__all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "build_cache",
+           "capture_batch", "run_unit"]
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything a build depends on; one place for the defaults the command line shows."""
+
+    model: str
+    corpus: str | Path
+    out: str | Path
+    layers: str | Sequence[int] = "all"
+    hooks: Sequence[str] = ("resid_post", "attn_z")
+    batch_size: int = 8
+    max_length: int = 512
+    dtype: str = "float32"
+    unit_tokens: int = 8192
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    progress: bool = True
+
+
+@dataclass
+class BuildReport:
+    built_documents: int = 0
+    built_tokens: int = 0
+    reused_documents: int = 0
+    units: int = 0
+    seconds: float = 0.0
+    truncated: list[tuple[str, int, int]] = field(default_factory=list)  # (source, original, kept)
+
+    def summary(self, out: str | Path) -> str:
+        rate = self.built_tokens / self.seconds if self.seconds else 0.0
+        lines = [
+            f"built {self.built_documents} documents ({self.built_tokens} tokens, {rate:.0f} tok/s) in {self.units} "
+            f"units into {out}; reused {self.reused_documents} documents already cached"
+        ]
+        if self.truncated:
+            examples = ", ".join(f"{s} ({o} -> {k} tokens)" for s, o, k in self.truncated[:3])
+            lines.append(f"truncated {len(self.truncated)} documents longer than --max-length, e.g. {examples}")
+        return "\n".join(lines)
+
+
+@dataclass
+class PreparedBuild:
+    settings: BuildSettings
+    model: ResolvedModel
+    config: dict[str, Any]
+    tokenizer: Any
+    fingerprint: CacheFingerprint
+    writer: CacheWriter
+    units: list[Unit]
+    report: BuildReport
+
+    @property
+    def deepest_layer(self) -> int:
+        return self.fingerprint.capture.layers[-1]
+
+
+def parse_layers(layers: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """'all', '8,15' or a list -> sorted unique layer indices, each checked against the model."""
+    if isinstance(layers, str):
+        text = layers.strip()
+        if text == "all":
+            return tuple(range(n_layers))
+        try:
+            parsed = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"--layers {layers!r} is not a list of integers: use e.g. 8,15 or all") from None
+    else:
+        parsed = list(layers)
+    if not parsed:
+        raise ValueError("--layers is empty: use e.g. 8,15 or all")
+    bad = [i for i in parsed if not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range: this model has layers 0..{n_layers - 1}")
+    return tuple(sorted(set(parsed)))
+
+
+def prepare_build(settings: BuildSettings) -> PreparedBuild:
+    """Validate every input before the cache is touched, then open it (checking its fingerprint) and plan."""
+    hooks = check_hooks(settings.hooks)
+    if settings.padding_side not in ("left", "right"):
+        raise ValueError(f"padding side must be left or right, not {settings.padding_side!r}")
+    model = resolve_model(settings.model)
+    tokenizer = load_tokenizer(model)
+    model_fp = model_fingerprint(model, settings.dtype)
+    config = model_fp["config"]
+    layers = parse_layers(settings.layers, num_layers(config))
+    corpus = load_corpus(settings.corpus)
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side)
+    widths = hook_widths(config)
+    n_heads, head_dim = head_shape(config)
+    fingerprint = CacheFingerprint(
+        model=model_fp,
+        tokenizer=tok_fp,
+        dtype=settings.dtype,
+        capture=capture,
+        widths={h: widths[h] for h in hooks},
+        hook_attrs={"attn_z": {"n_heads": n_heads, "head_dim": head_dim}} if "attn_z" in hooks else {},
+    )
+    docs = tokenize_documents(
+        [d.text for d in corpus], [d.meta for d in corpus], tokenizer,
+        tokenizer_digest=digest(tok_fp), max_length=settings.max_length, truncation_side=settings.truncation_side,
+    )
+    writer = CacheWriter.open(settings.out, fingerprint)
+    units, reused = pending_units(plan_units(docs, unit_tokens=settings.unit_tokens, batch_size=settings.batch_size),
+                                  writer.index().docs)
+    report = BuildReport(reused_documents=reused, truncated=[
+        (str(d.meta.get("source", d.key)), d.original_tokens, d.n_tokens) for u in units for d in u.docs
+        if d.original_tokens > d.n_tokens
+    ])
+    return PreparedBuild(settings, model, config, tokenizer, fingerprint, writer, units, report)
+
+
+def capture_batch(stack: DecoderStack, docs: Sequence[TokenizedDoc], capture: CaptureSpec, pad_id: int,
+                  padding_side: str) -> dict[str, torch.Tensor]:
+    """One padded forward up to the deepest captured layer; returns real-token rows per array, docs in order."""
+    input_ids, attention_mask = pad_batch([d.ids for d in docs], pad_id, padding_side)
+    captured = {i: stack.layer_modules[i] for i in capture.layers}
+    with torch.inference_mode(), record_activations(captured, capture.hooks) as records:
+        stack.run(stack.embed(input_ids), attention_mask, 0, capture.layers[-1] + 1)
+    real = attention_mask.bool()  # (B, T)
+    return {activation_name(h, i): records[(h, i)][real] for h in capture.hooks for i in capture.layers}
+
+
+def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, torch.Tensor]],
+             on_batch: Any = None) -> bool:
+    """Write one unit's captures as a segment and commit it; the segment stays invisible if anything fails."""
+    writer = prepared.writer
+    records = [DocRecord(d.key, d.n_tokens, d.meta, d.original_tokens) for d in unit.docs]
+    segment = writer.begin_segment(unit.unit_id, records, np.concatenate([d.ids for d in unit.docs]))
+    seg_writer = writer.segment_writer(segment)
+    try:
+        for batch_docs, rows in zip(unit.batches(), batches, strict=True):
+            for name, values in rows.items():
+                seg_writer.append(name, values)
+            if on_batch is not None:
+                on_batch(batch_docs)
+        manifests = seg_writer.close()
+    except BaseException:
+        seg_writer.abort()
+        raise
+    return writer.commit(unit.unit_id, segment, records, manifests)
+
+
+def build_cache(settings: BuildSettings) -> BuildReport:
+    """Build (or complete, or extend) a cache in this process."""
+    prepared = prepare_build(settings)
+    report = prepared.report
+    if not prepared.units:
+        return report
+    started = time.perf_counter()
+    model = load_model(prepared.model, settings.dtype)
+    stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
+    pad_id = _pad_id(prepared.tokenizer)
+    capture = prepared.fingerprint.capture
+    total_tokens = sum(u.n_tokens for u in prepared.units)
+    total_docs = sum(len(u.docs) for u in prepared.units)
+    with tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="build", disable=not settings.progress,
+              dynamic_ncols=True) as bar:
+        def advance(batch_docs: Sequence[TokenizedDoc]) -> None:
+            report.built_documents += len(batch_docs)
+            report.built_tokens += sum(d.n_tokens for d in batch_docs)
+            bar.update(sum(d.n_tokens for d in batch_docs))
+            bar.set_postfix_str(f"docs {report.built_documents}/{total_docs}")
+
+        for unit in prepared.units:
+            batches = (capture_batch(stack, b, capture, pad_id, settings.padding_side) for b in unit.batches())
+            run_unit(prepared, unit, batches, advance)
+            report.units += 1
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
