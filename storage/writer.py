@@ -57,9 +57,7 @@ class CacheWriter:
         try:
             group, cached = open_root(path, mode="r+")
         except NotACacheError:
-            if path.exists() and any(path.iterdir()):
-                raise
-            try:
+            try:  # refuses a non-empty folder that is not a cache
                 group = create_root(path, fingerprint)
             except OSError as error:
                 raise (as_disk_full(error, str(path)) or error) from error

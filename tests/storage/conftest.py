@@ -1,0 +1,3 @@
+"""Fixtures of the storage tests (helpers live in storage_fixtures.py)."""
+
+from storage_fixtures import written_cache  # noqa: F401 - a fixture, used by name
