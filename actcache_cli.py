@@ -19,6 +19,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from cache_builder import cli as builder_cli
+    from cluster import cli as cluster_cli
     from storage import cli as storage_cli
 
     parser = argparse.ArgumentParser(prog="actcache", description=__doc__)
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     builder_cli.register(sub)
     storage_cli.register(sub)
+    cluster_cli.register(sub)
     return parser
 
 
@@ -48,8 +50,9 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from cache_builder.build import BuildSettings, build_cache
+    from cache_builder.build import build_cache
     from cache_builder.corpus import DEMO_CORPUS
+    from cache_builder.settings import BuildSettings
     from storage import open_cache
     from storage.cli import format_info
 

@@ -35,27 +35,10 @@ from .model_source import (
 )
 from .planning import TokenizedDoc, Unit, pending_units, plan_units, tokenize_documents
 from .runner import DecoderStack, pad_batch
+from .settings import BuildSettings
 
 __all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "build_cache",
            "capture_batch", "run_unit"]
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """Everything a build depends on; one place for the defaults the command line shows."""
-
-    model: str
-    corpus: str | Path
-    out: str | Path
-    layers: str | Sequence[int] = "all"
-    hooks: Sequence[str] = ("resid_post", "attn_z")
-    batch_size: int = 8
-    max_length: int = 512
-    dtype: str = "float32"
-    unit_tokens: int = 8192
-    padding_side: str = "right"
-    truncation_side: str = "right"
-    progress: bool = True
 
 
 @dataclass

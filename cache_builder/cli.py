@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .build import BuildSettings
+from .settings import BuildSettings
 
 __all__ = ["add_build_arguments", "settings_from_args", "register"]
 

@@ -59,7 +59,7 @@ def tokenize_documents(texts: Sequence[str], metas: Sequence[dict[str, Any]], to
     """Tokenize once, truncate explicitly (recorded per document), drop repeated texts with a warning."""
     if max_length < 1:
         raise ValueError(f"--max-length must be at least 1, got {max_length}")
-    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
     docs: dict[str, TokenizedDoc] = {}
     repeats = 0
     for text, meta, ids in zip(texts, metas, encoded, strict=True):
