@@ -32,6 +32,7 @@ from .model_source import (
     num_layers,
     resolve_model,
     tokenizer_fingerprint,
+    weight_files,
 )
 from .planning import TokenizedDoc, Unit, pending_units, plan_units, tokenize_documents
 from .runner import DecoderStack, pad_batch
@@ -125,7 +126,7 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
         [d.text for d in corpus], [d.meta for d in corpus], tokenizer,
         tokenizer_digest=digest(tok_fp), max_length=settings.max_length, truncation_side=settings.truncation_side,
     )
-    writer = CacheWriter.open(settings.out, fingerprint)
+    writer = CacheWriter.open(settings.out, fingerprint, _model_source(model))
     units, reused = pending_units(plan_units(docs, unit_tokens=settings.unit_tokens, batch_size=settings.batch_size),
                                   writer.index().docs)
     report = BuildReport(reused_documents=reused, truncated=[
@@ -133,6 +134,11 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
         if d.original_tokens > d.n_tokens
     ])
     return PreparedBuild(settings, model, config, tokenizer, fingerprint, writer, units, report)
+
+
+def _model_source(model: ResolvedModel) -> dict[str, Any]:
+    files = [] if model.gguf_file else weight_files(model)
+    return {"path": str(model.path), "gguf_file": model.gguf_file, "name": model.name, "weight_files": files}
 
 
 def capture_batch(stack: DecoderStack, docs: Sequence[TokenizedDoc], capture: CaptureSpec, pad_id: int,
@@ -172,8 +178,8 @@ def build_cache(settings: BuildSettings) -> BuildReport:
     report = prepared.report
     if not prepared.units:
         return report
-    started = time.perf_counter()
     model = load_model(prepared.model, settings.dtype)
+    started = time.perf_counter()
     stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
     pad_id = _pad_id(prepared.tokenizer)
     capture = prepared.fingerprint.capture

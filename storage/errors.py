@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["CacheError", "NotACacheError", "FingerprintMismatchError", "CorruptCacheError", "DiskFullError", "as_disk_full"]
+__all__ = [
+    "CacheError",
+    "NotACacheError",
+    "FingerprintMismatchError",
+    "CorruptCacheError",
+    "DiskFullError",
+    "as_disk_full",
+]
 
 
 class CacheError(Exception):

@@ -63,6 +63,12 @@ class CacheReader:
     def layers(self) -> tuple[int, ...]:
         return self.fingerprint.capture.layers
 
+    @property
+    def model_source(self) -> dict[str, Any] | None:
+        """Where the model's weights were when the cache was created (for solvers that read W_O or W_down)."""
+        header = self._group.attrs.get("actcache", {})
+        return header.get("model_source") if isinstance(header, dict) else None
+
     def width(self, hook: str) -> int:
         self._check_hook_layer(hook, None)
         return self.fingerprint.widths[hook]

@@ -33,13 +33,19 @@ def open_root(path: str | Path, mode: str = "r") -> tuple[zarr.Group, CacheFinge
     return group, CacheFingerprint.from_dict(header["fingerprint"])
 
 
-def create_root(path: str | Path, fingerprint: CacheFingerprint) -> zarr.Group:
-    """Create a new cache group; refuses a non-empty folder that is not a cache."""
+def create_root(path: str | Path, fingerprint: CacheFingerprint, model_source: dict[str, Any] | None = None,
+                ) -> zarr.Group:
+    """Create a new cache group; refuses a non-empty folder that is not a cache.
+
+    `model_source` (where the weights were, e.g. {"path": ..., "weight_files": [...]}) is informational: solvers
+    use it to find W_O / W_down; it is not part of the fingerprint, so a moved model still appends.
+    """
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise NotACacheError(f"{path} exists and is not an actcache cache: choose a new --out folder")
     store = zarr.storage.LocalStore(str(path))
-    header: dict[str, Any] = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint.to_dict()}
+    header: dict[str, Any] = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint.to_dict(),
+                              "model_source": model_source}
     return zarr.open_group(store, mode="w-", attributes={ROOT_ATTR: header})
 
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -51,14 +52,15 @@ class CacheWriter:
         self._log = LocalCommitLog(path / COMMITS)
 
     @classmethod
-    def open(cls, path: str | Path, fingerprint: CacheFingerprint) -> CacheWriter:
+    def open(cls, path: str | Path, fingerprint: CacheFingerprint, model_source: dict[str, Any] | None = None,
+             ) -> CacheWriter:
         """Create the cache, or open it for append when its fingerprint is the same (else say which field differs)."""
         path = Path(path)
         try:
             group, cached = open_root(path, mode="r+")
         except NotACacheError:
             try:  # refuses a non-empty folder that is not a cache
-                group = create_root(path, fingerprint)
+                group = create_root(path, fingerprint, model_source)
             except OSError as error:
                 raise (as_disk_full(error, str(path)) or error) from error
             return cls(path, fingerprint, group)

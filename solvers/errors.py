@@ -1,0 +1,7 @@
+"""The one exception type of the solvers: bad input, with the fix in the message."""
+
+from __future__ import annotations
+
+
+class SolverInputError(ValueError):
+    """Input the solvers cannot use (missing labels, a document too short for the pooling, ...)."""

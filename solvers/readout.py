@@ -1,0 +1,120 @@
+"""Readout files: unit concept vectors per layer as float16 safetensors plus a JSON manifest.
+
+Layout of an output directory:
+    readout.safetensors   `layer_<idx>.vectors` (n_concepts, hidden) float16, unit rows (primary method)
+    readout.json          {"concepts", "layers", "hidden_size", "dtype": "float16", "method", "methods"}
+    methods/<name>.safetensors + methods/<name>.json   the same for every other method
+    quality.json          per concept (solvers.quality.concept_quality)
+    report.md             human-readable triage
+The directory is written under a temporary name and renamed at the end, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from solvers.caa import normalize
+from solvers.errors import SolverInputError
+
+DTYPE = "float16"
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Concept vectors of one method: `vectors[layer]` is (len(concepts), hidden_size)."""
+
+    concepts: tuple[str, ...]
+    layers: tuple[int, ...]
+    hidden_size: int
+    vectors: Mapping[int, Tensor]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "concepts": list(self.concepts),
+            "layers": list(self.layers),
+            "hidden_size": self.hidden_size,
+            "dtype": DTYPE,
+        }
+
+    def tensors(self, method: str) -> dict[str, Tensor]:
+        """float16 unit rows per layer; a zero row (no direction found) is an error naming it."""
+        out = {}
+        for layer in self.layers:
+            v = self.vectors[layer].float()  # (C, d)
+            if v.shape != (len(self.concepts), self.hidden_size):
+                raise SolverInputError(
+                    f"{method} layer {layer}: vectors of shape {tuple(v.shape)}, expected "
+                    f"({len(self.concepts)}, {self.hidden_size}): pass one row per concept"
+                )
+            norms = v.norm(dim=1)
+            bad = [self.concepts[i] for i in torch.nonzero(norms < 1e-6).flatten().tolist()]
+            if bad:
+                raise SolverInputError(f"{method} layer {layer}: zero vector for {bad}: drop these concepts")
+            out[f"layer_{layer}.vectors"] = normalize(v).to(torch.float16).contiguous()
+        return out
+
+
+def _write_one(directory: Path, stem: str, readout: Readout, method: str, extra: Mapping[str, object]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(readout.tensors(method), str(directory / f"{stem}.safetensors"), metadata={"method": method})
+    manifest = {**readout.to_dict(), "method": method, **extra}
+    (directory / f"{stem}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_readout(
+    out_dir: str | os.PathLike[str],
+    methods: Mapping[str, Readout],
+    *,
+    primary: str,
+    quality: Mapping[str, object] | None = None,
+    report: str | None = None,
+) -> Path:
+    """Write every method's readout (`primary` as readout.safetensors), quality.json and report.md."""
+    out = Path(out_dir)
+    if out.exists():
+        raise SolverInputError(f"output directory {out} exists: choose a new path or remove it")
+    if primary not in methods:
+        raise SolverInputError(f"primary method {primary!r} not among {sorted(methods)}: pick one of them")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "methods").mkdir(parents=True)
+    try:
+        _write_one(tmp, "readout", methods[primary], primary, {"methods": sorted(methods)})
+        for name, readout in methods.items():
+            if name != primary:
+                _write_one(tmp / "methods", name, readout, name, {})
+        if quality is not None:
+            (tmp / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+        if report is not None:
+            (tmp / "report.md").write_text(report)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_readout(path: str | os.PathLike[str], method: str | None = None) -> Readout:
+    """Load the primary readout of an output directory (or `method`'s), vectors as float32."""
+    from safetensors.torch import load_file
+
+    base = Path(path) if method is None else Path(path) / "methods"
+    stem = "readout" if method is None else method
+    manifest = json.loads((base / f"{stem}.json").read_text())
+    tensors = load_file(str(base / f"{stem}.safetensors"))
+    layers = tuple(manifest["layers"])
+    return Readout(
+        tuple(manifest["concepts"]),
+        layers,
+        manifest["hidden_size"],
+        {layer: tensors[f"layer_{layer}.vectors"].float() for layer in layers},
+    )

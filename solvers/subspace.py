@@ -1,0 +1,89 @@
+"""Subspace: the directions that whole token trajectories of a concept share more than its negatives do.
+
+Per document, the right singular vectors of the centred token matrix span its trajectory; averaging their
+projectors over positives and negatives and taking the top eigenvectors of the difference gives the
+concept's common directions (SOLVERS.md, with Deviations 1 and 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from solvers.caa import normalize
+
+REL_TOL = 1e-6  # Deviation 1: singular values <= REL_TOL x the largest are dropped
+
+
+def _last_token_basis(h: Tensor) -> Tensor:
+    return normalize(h[-1].float())[:, None]  # (d, 1)
+
+
+def trajectory_basis(h: Tensor, k: int | None = None, rel_tol: float = REL_TOL) -> Tensor:
+    """Orthonormal basis (d, k_i) of a document's centred token trajectory `h` (n_tok, d).
+
+    Keeps at most `k` right singular vectors (all by default, clamped to min(n_tok, d)) and drops the ones
+    centring makes arbitrary (Deviation 1): centring removes one dimension, so at most n_tok - 1 vectors
+    survive, and any with singular value <= rel_tol x the largest are dropped too. The token mean is taken
+    and subtracted in float64 (then the SVD runs in float32): subtracting in float32 leaves a residue of
+    eps x |offset| that, with the large offsets of real activations, lifts the null singular value above
+    the threshold. One token, a failed SVD or a constant trajectory fall back to the normalised last-token
+    vector as a single column.
+    """
+    if h.shape[0] < 2:
+        return _last_token_basis(h)
+    x = h.double()
+    x = (x - x.mean(dim=0, keepdim=True)).float()  # (n_tok, d)
+    try:  # LAPACK is several times faster on the tall orientation: x^T = U S V^T gives x's right vectors U
+        if x.shape[0] < x.shape[1]:
+            v, s, _ = torch.linalg.svd(x.T, full_matrices=False)  # v (d, r), s (r,)
+        else:
+            _, s, vh = torch.linalg.svd(x, full_matrices=False)  # s (r,), vh (r, d)
+            v = vh.T
+    except RuntimeError:
+        return _last_token_basis(h)
+    keep = s > rel_tol * s[0]
+    keep[min(h.shape[0] - 1, k if k is not None else h.shape[0]) :] = False
+    if not bool(keep.any()):
+        return _last_token_basis(h)
+    return v[:, keep]  # (d, k_i)
+
+
+@dataclass(frozen=True)
+class SubspaceResult:
+    vector: Tensor  # (d,) unit, float32
+    eigenvalues: list[float]  # top eigenvalues of M_pos - M_base, descending
+
+
+def subspace_direction(
+    total: Tensor,
+    n_total: int,
+    concept_total: Tensor,
+    n_concept: int,
+    caa_diff: Tensor,
+    *,
+    eigen_k: int = 5,
+    n_report: int = 20,
+) -> SubspaceResult:
+    """Subspace vector of one concept from projector totals.
+
+    `total` (d, d) sums projectors over every fitted document (n_total of them), `concept_total` over the
+    concept's positives (n_concept). M_pos = T_c / n_c, M_base = (T - T_c) / (n - n_c). The top `eigen_k`
+    eigenvectors of M_pos - M_base are each oriented to a positive dot product with `caa_diff`
+    (mean(P_c) - mean(N_c)) before the eigenvalue-weighted sum (Deviation 2), and so is the result.
+    """
+    if n_concept < 1 or n_total - n_concept < 1:
+        raise ValueError(f"subspace needs positives and negatives (got {n_concept} of {n_total} documents)")
+    m_pos = concept_total / n_concept
+    m_base = (total - concept_total) / (n_total - n_concept)
+    evals, evecs = torch.linalg.eigh(m_pos - m_base)  # ascending; evecs (d, d) columns
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    diff = caa_diff.to(evecs.device, evecs.dtype)
+    top = evecs[:, :eigen_k]  # (d, k)
+    signs = torch.where(diff @ top < 0, -1.0, 1.0).to(top.dtype)  # (k,)
+    vector = (top * signs * evals[:eigen_k].clamp_min(0)).sum(dim=1)  # (d,)
+    if float(vector @ diff) < 0:
+        vector = -vector
+    return SubspaceResult(normalize(vector).float(), evals[:n_report].tolist())

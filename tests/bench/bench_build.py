@@ -1,0 +1,93 @@
+"""Build throughput on SmolLM2-135M against a bare forward over the same batches, in one run.
+
+    .venv/bin/python tests/bench/bench_build.py [--copies 2] [--batch-size 8]
+
+Prints tokens/s of: the bare transformers forward (all 30 layers, no hooks, same padded batches), a build that
+captures 3 layers (both hooks), and a build that captures all 30 layers (both hooks); their ratios to the bare
+forward; bytes per stored value, the lossless compression ratio and the compressed write rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cache_builder.build import build_cache
+from cache_builder.corpus import DEMO_CORPUS, load_corpus
+from cache_builder.model_source import load_model, load_tokenizer, resolve_model
+from cache_builder.planning import plan_units, tokenize_documents
+from cache_builder.runner import pad_batch
+from cache_builder.settings import BuildSettings
+from storage import open_cache
+
+
+def write_bench_corpus(folder: Path, copies: int) -> Path:
+    """The demo corpus retold `copies` times (distinct texts, so nothing deduplicates): >= 20k SmolLM2 tokens."""
+    docs = load_corpus(DEMO_CORPUS)
+    path = folder / "bench.jsonl"
+    with path.open("w") as handle:
+        for copy in range(copies):
+            for doc in docs:
+                handle.write(json.dumps({"text": f"Telling {copy + 1}. {doc.text}", "concept": doc.meta.get("concept")}) + "\n")
+    return path
+
+
+def bare_forward_tok_s(model_name: str, corpus: Path, batch_size: int, max_length: int) -> tuple[float, int]:
+    """Plain `model.model(ids, mask)` over the builder's own batches: the cost of running the backbone at all."""
+    resolved = resolve_model(model_name)
+    tokenizer = load_tokenizer(resolved)
+    model = load_model(resolved)
+    docs = load_corpus(corpus)
+    tokenized = tokenize_documents([d.text for d in docs], [d.meta for d in docs], tokenizer,
+                                   tokenizer_digest="bench", max_length=max_length)
+    units = plan_units(tokenized, unit_tokens=8192, batch_size=batch_size)
+    tokens = sum(u.n_tokens for u in units)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for unit in units:
+            for batch in unit.batches():
+                ids, mask = pad_batch([d.ids for d in batch], tokenizer.eos_token_id or 0)
+                model.model(input_ids=ids, attention_mask=mask)
+    return tokens / (time.perf_counter() - started), tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--copies", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="actcache-bench-") as tmp:
+        corpus = write_bench_corpus(Path(tmp), args.copies)
+        bare, tokens = bare_forward_tok_s(args.model, corpus, args.batch_size, args.max_length)
+        rows = [("bare forward, 30 layers, no hooks", bare, None)]
+        for label, layers in (("build, 3 layers (8,15,22), both hooks", "8,15,22"),
+                              ("build, all 30 layers, both hooks", "all")):
+            out = Path(tmp) / f"cache-{layers.replace(',', '-')}"
+            report = build_cache(BuildSettings(model=args.model, corpus=corpus, out=out, layers=layers,
+                                               batch_size=args.batch_size, max_length=args.max_length,
+                                               progress=False))
+            info = open_cache(out).info()
+            rows.append((label, report.built_tokens / report.seconds, (report, info)))
+    print(f"SmolLM2-135M build benchmark: {tokens} tokens, batch {args.batch_size}, float32, "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"{'run':<42}{'tok/s':>9}{'x bare':>8}{'B/value':>9}{'ratio':>7}{'write MB/s':>12}")
+    for label, rate, extra in rows:
+        if extra is None:
+            print(f"{label:<42}{rate:>9.0f}{1.0:>8.2f}")
+            continue
+        report, info = extra
+        values = info["activation_bytes_raw"] / 4
+        stored = info["activation_bytes_stored"]
+        print(f"{label:<42}{rate:>9.0f}{rate / bare:>8.2f}{stored / values:>9.2f}"
+              f"{info['compression_ratio']:>7.2f}{stored / report.seconds / 1e6:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Streaming totals equal the direct computation on materialised samples; merging and export keep them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from solvers import (
+    NEGATIVE_ONLY,
+    LayerPass,
+    MomentTotals,
+    PassPlan,
+    PooledStore,
+    ProjectorTotals,
+    SolverInputError,
+    parse_pooling,
+    story_labels,
+    subspace_batches,
+    trajectory_basis,
+)
+
+
+def _pooled_mean(corpus) -> tuple[np.ndarray, np.ndarray]:
+    x = np.stack([h.astype(np.float64).mean(0) for h in corpus.resid])  # (n, d)
+    labels = story_labels(corpus.docs)
+    return x, np.array(labels.concept_of)
+
+
+def test_moment_totals_match_direct(corpus):
+    x, concept_of = _pooled_mean(corpus)
+    totals = MomentTotals(4, x.shape[1], squares=True)
+    for row, c in zip(x, concept_of, strict=True):
+        totals.add(torch.from_numpy(row).float(), int(c))
+    for c in range(4):
+        pos, neg = x[concept_of == c], x[concept_of != c]
+        mean_pos, mean_neg = totals.means(c)
+        np.testing.assert_allclose(mean_pos.numpy(), pos.mean(0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(mean_neg.numpy(), neg.mean(0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(totals.negative_std(c).numpy(), neg.std(0, ddof=1), rtol=1e-4, atol=1e-6)
+        assert totals.n_positive(c) == len(pos) and totals.n_negative(c) == len(neg)
+
+
+def test_shifted_sums_keep_variance_of_large_offsets():
+    rng = np.random.default_rng(1)
+    x = 1e6 + rng.standard_normal((500, 3))  # variance 1 under an offset of 1e6
+    totals = MomentTotals(1, 3, squares=True)
+    totals.add_batch(torch.from_numpy(x), torch.full((500,), NEGATIVE_ONLY))
+    np.testing.assert_allclose(totals.negative_std(0).numpy(), x.std(0, ddof=1), rtol=1e-9)
+
+
+def test_merge_and_state_dict_equal_one_pass(corpus):
+    x, concept_of = _pooled_mean(corpus)
+    whole, first, second = (MomentTotals(4, x.shape[1], squares=True) for _ in range(3))
+    xs, cs = torch.from_numpy(x), torch.from_numpy(concept_of)
+    whole.add_batch(xs, cs)
+    first.add_batch(xs[:17], cs[:17])
+    second.add_batch(xs[17:] * 1.0, cs[17:])
+    first.merge(MomentTotals.from_state_dict(second.state_dict()))
+    for c in range(4):
+        torch.testing.assert_close(first.diff(c), whole.diff(c), rtol=0, atol=1e-10)
+        torch.testing.assert_close(first.negative_std(c), whole.negative_std(c), rtol=1e-9, atol=1e-10)
+
+
+def test_projector_totals_match_direct_and_split_passes(corpus):
+    labels = story_labels(corpus.docs)
+    bases = [trajectory_basis(torch.from_numpy(h)) for h in corpus.resid]
+    direct = sum(b.double() @ b.double().T for b in bases)
+    direct_c = sum(b.double() @ b.double().T for b, c in zip(bases, labels.concept_of, strict=True) if c == 2)
+    one_pass = ProjectorTotals(24, concepts=range(4), flush_columns=16)  # flushes every few documents
+    unbuffered = ProjectorTotals(24, concepts=range(4), flush_columns=1)
+    later = ProjectorTotals(24, concepts=[2], with_total=False)  # a later, per-concept pass
+    first_half, second_half = ProjectorTotals(24, concepts=range(4)), ProjectorTotals(24, concepts=range(4))
+    for i, (b, c) in enumerate(zip(bases, labels.concept_of, strict=True)):
+        for acc in (one_pass, unbuffered, later, first_half if i < 20 else second_half):
+            acc.add(b, c)
+    first_half.merge(second_half)
+    total, n_total = one_pass.total()
+    torch.testing.assert_close(total, direct, rtol=0, atol=1e-5)
+    assert n_total == len(bases)
+    for acc in (one_pass, unbuffered, later, first_half):
+        t_c, n_c = acc.concept_total(2)
+        torch.testing.assert_close(t_c, direct_c, rtol=0, atol=1e-5)
+        assert n_c == 8
+    torch.testing.assert_close(first_half.total()[0], direct, rtol=0, atol=1e-5)
+    assert not later.wants(-1) and later.wants(2) and one_pass.wants(-1)
+    with pytest.raises(ValueError, match="with_total=False"):
+        later.total()
+    with pytest.raises(ValueError, match="concept 1 is not tracked"):
+        later.concept_total(1)
+
+
+def test_subspace_batches_fit_the_budget():
+    d = 64
+    matrix = d * d * 8
+    budget = ProjectorTotals.bytes_needed(d, 4)  # room for T + 3 concept totals
+    assert budget == 4 * matrix + d * 1024 * 4
+    batches = subspace_batches(list(range(10)), d, budget)
+    assert batches == [(0, 1, 2), (3, 4, 5, 6), (7, 8, 9)]
+    assert all(ProjectorTotals.bytes_needed(d, len(b) + (i == 0)) <= budget for i, b in enumerate(batches))
+    assert subspace_batches(list(range(3)), d, 10 * budget) == [(0, 1, 2)]
+    with pytest.raises(SolverInputError, match="the subspace method at width 64 needs at least"):
+        subspace_batches([0], d, ProjectorTotals.bytes_needed(d, 2) - 1)
+
+
+def test_pooled_store_reservoir_is_capped_and_deterministic():
+    def run(seed: int) -> list[int]:
+        store = PooledStore(dict.fromkeys(range(100), 7), cap=10, seed=seed)
+        for i in range(120):
+            store.add(i, torch.full((3,), float(i)))
+        docs, vecs = store.vectors(7)
+        assert len(docs) == 10 and torch.equal(vecs[:, 0], torch.tensor(docs, dtype=torch.float32))
+        assert store.n_seen(7) == 100
+        return docs
+
+    assert run(0) == run(0) and run(0) != run(1)
+    assert max(run(0)) >= 10  # later documents do get in
+
+
+def test_layer_pass_reads_once_for_every_pooling(corpus):
+    labels = story_labels(corpus.docs)
+    poolings = tuple(parse_pooling(p) for p in ("last", "mean", "mean-skip:1", "span:1:4"))
+    lp = LayerPass(labels, 24, PassPlan(poolings, quality_cap=100, pairs=True), batch=10)
+    for i, (_doc, h) in enumerate(corpus.stream()):
+        lp.feed(i, h)
+    stats = lp.finish()
+    for p in poolings:
+        x = np.stack([p(torch.from_numpy(h)).double().numpy() for h in corpus.resid])
+        for c in range(4):
+            mask = np.array(labels.concept_of) == c
+            ref = x[mask].mean(0) - x[~mask].mean(0)
+            np.testing.assert_allclose(stats.moments[str(p)].diff(c).numpy(), ref, rtol=0, atol=1e-5)
+            docs, vecs = stats.positives[str(p)].vectors(c)
+            assert docs == labels.positives(c)
+            np.testing.assert_allclose(vecs.numpy(), x[mask], rtol=0, atol=1e-6)
+    assert set(stats.pairs["last"].kept[0]) == {p.positive for p in labels.pairs} | {
+        n for p in labels.pairs for n in p.negatives
+    }
+
+
+def test_layer_pass_memory_estimate(corpus):
+    labels = story_labels(corpus.docs)
+    plan = PassPlan((parse_pooling("last"),), squares=True, subspace_concepts=(0, 1), quality_cap=5)
+    expected = 2 * 5 * 24 * 8 + 4 * 5 * 24 * 4 + 3 * 24 * 24 * 8 + 24 * 1024 * 4
+    assert plan.memory_bytes(labels, 24) == expected
+
+
+def test_layer_pass_rejects_wrong_width(corpus):
+    lp = LayerPass(story_labels(corpus.docs), 23, PassPlan((parse_pooling("last"),)))
+    with pytest.raises(ValueError, match="width 24 but the pass expects 23"):
+        lp.feed(0, corpus.resid[0])
+
+
+def test_batched_subspace_passes_equal_one_pass(corpus):
+    labels = story_labels(corpus.docs)
+    one = LayerPass(labels, 24, PassPlan((), subspace_concepts=(0, 1, 2, 3)))
+    first = LayerPass(labels, 24, PassPlan((parse_pooling("last"),), subspace_concepts=(0,)))
+    later = LayerPass(labels, 24, PassPlan((), subspace_concepts=(2, 3), subspace_total=False))
+    for i, (_doc, h) in enumerate(corpus.stream()):
+        one.feed(i, h)
+        first.feed(i, h)
+        if labels.concept_of[i] in (2, 3):  # a later pass reads only its batch's positives
+            later.feed(i, h)
+    one_p, first_p, later_p = (lp.finish().projectors for lp in (one, first, later))
+    torch.testing.assert_close(first_p.total()[0], one_p.total()[0], rtol=0, atol=1e-10)
+    for c, acc in ((0, first_p), (2, later_p), (3, later_p)):
+        torch.testing.assert_close(acc.concept_total(c)[0], one_p.concept_total(c)[0], rtol=0, atol=1e-10)
