@@ -56,7 +56,7 @@ def record_activations(layers: Mapping[int, nn.Module], hooks: Sequence[str],
             if "resid_post" in hooks:
                 handles.append(layer.register_forward_hook(on_output(("resid_post", index))))
             if "attn_z" in hooks:
-                o_proj = layer.self_attn.o_proj  # type: ignore[union-attr]
+                o_proj = layer.get_submodule("self_attn.o_proj")
                 handles.append(o_proj.register_forward_pre_hook(on_input(("attn_z", index))))
         yield records
     finally:

@@ -7,6 +7,7 @@ own layers, nobody runs the final norm or the lm_head, and only hidden states tr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class DecoderStack(nn.Module):
     @classmethod
     def from_causal_lm(cls, model: nn.Module, layer_indices: Sequence[int] | None = None) -> DecoderStack:
         """Share the modules of a loaded model (no copy); default: every layer."""
-        backbone = model.model  # type: ignore[union-attr]
+        backbone: Any = model.model
         indices = range(len(backbone.layers)) if layer_indices is None else layer_indices
         return cls(backbone.embed_tokens, {i: backbone.layers[i] for i in indices}, backbone.rotary_emb)
 

@@ -108,7 +108,7 @@ class CacheReader:
     # -- values -----------------------------------------------------------------------------------------------
     def token_ids(self, key: str) -> np.ndarray:
         loc = self._locate(key)
-        return self._array(loc.segment, TOKEN_IDS)[loc.start:loc.stop]
+        return np.asarray(self._array(loc.segment, TOKEN_IDS)[loc.start:loc.stop])
 
     def activations(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None) -> np.ndarray:
         """[n_tokens, width] float32 (bf16 and fp16 caches widen exactly); `span` picks token positions [a, b)."""
@@ -154,7 +154,7 @@ class CacheReader:
                     first = max(first, block_start)
                     tail, read_from = block[first - block_start:], block_end
                 block_end = min(array.shape[0], max(loc.stop, read_from + block_rows))
-                block = np.concatenate([tail, array[read_from:block_end]])
+                block = np.concatenate([tail, np.asarray(array[read_from:block_end])])
                 block_start = first
             rows = block[loc.start - block_start:loc.stop - block_start]
             yield self.document(loc.record.key), widen_to_float32(rows, self.dtype)
@@ -219,4 +219,4 @@ class CacheReader:
             if not 0 <= a < b <= loc.record.n_tokens:
                 raise ValueError(f"span {span} is outside document {key} of {loc.record.n_tokens} tokens")
             start, stop = loc.start + a, loc.start + b
-        return self._array(loc.segment, activation_name(hook, layer))[start:stop]
+        return np.asarray(self._array(loc.segment, activation_name(hook, layer))[start:stop])

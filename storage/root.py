@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import zarr
 
-from .errors import FingerprintMismatchError, NotACacheError
+from .errors import CacheError, FingerprintMismatchError, NotACacheError
 from .fingerprint import CacheFingerprint, canonical_json
 from .layout import FORMAT_VERSION, ROOT_ATTR
 
-__all__ = ["open_root", "create_root", "check_same_fingerprint"]
+__all__ = ["open_root", "create_root", "check_same_fingerprint", "child_array", "child_group"]
 
 
-def open_root(path: str | Path, mode: str = "r") -> tuple[zarr.Group, CacheFingerprint]:
+def open_root(path: str | Path, mode: Literal["r", "r+"] = "r") -> tuple[zarr.Group, CacheFingerprint]:
     """Open an existing cache; NotACacheError (with the fix) for anything else."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -73,3 +73,19 @@ def _at(data: Any, dotted: str) -> Any:
 def _short(value: Any, limit: int = 60) -> str:
     text = canonical_json(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def child_group(group: zarr.Group, path: str) -> zarr.Group:
+    """A sub-group, or CacheError when the path holds something else (a damaged or foreign cache)."""
+    node = group[path]
+    if not isinstance(node, zarr.Group):
+        raise CacheError(f"{path} is not a zarr group")
+    return node
+
+
+def child_array(group: zarr.Group, path: str) -> zarr.Array:
+    """An array of the group, or CacheError when the path holds something else."""
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise CacheError(f"{path} is not a zarr array")
+    return node

@@ -13,7 +13,7 @@ from .commit_log import LocalCommitLog
 from .errors import CacheError
 from .index import CommitRecord
 from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, segment_path
-from .root import open_root
+from .root import child_array, child_group, open_root
 
 __all__ = ["Problem", "VerifyReport", "verify_cache"]
 
@@ -73,10 +73,10 @@ def _verify_unit(path: Path, group: zarr.Group, record: CommitRecord, expected: 
     n_tokens = sum(d.n_tokens for d in record.documents)
     everyone = _labels(record, 0, n_tokens)
     try:
-        seg_group = group[seg]
-        offsets = np.asarray(seg_group[DOC_OFFSETS][:])
-        token_ids = seg_group[TOKEN_IDS]
-        if len(token_ids[:]) != n_tokens:
+        seg_group = child_group(group, seg)
+        offsets = np.asarray(child_array(seg_group, DOC_OFFSETS)[:])
+        token_ids = np.asarray(child_array(seg_group, TOKEN_IDS)[:])
+        if len(token_ids) != n_tokens:
             raise CacheError(f"{len(token_ids)} token ids for {n_tokens} tokens")
     except Exception as error:  # noqa: BLE001 - any failure here means the unit's metadata is unusable
         report.problems.append(Problem(seg, f"segment metadata unreadable or inconsistent ({error})", everyone))
@@ -89,8 +89,8 @@ def _verify_unit(path: Path, group: zarr.Group, record: CommitRecord, expected: 
             report.problems.append(Problem(f"{seg}/{name}", "array missing from the commit record", everyone))
             continue
         try:
-            array = seg_group[name]
-        except KeyError:
+            array = child_array(seg_group, name)
+        except (KeyError, CacheError):
             report.problems.append(Problem(f"{seg}/{name}", "array missing from the store", everyone))
             continue
         if tuple(array.shape) != manifest.shape:

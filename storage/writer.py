@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .commit_log import LocalCommitLog
@@ -38,7 +39,7 @@ FEATURE_DIMS = {"resid_post": "d_model", "attn_z": "head_feature"}
 _NAN_BITS = {"float32": float("nan"), "float16": float("nan"), "bfloat16": 0x7FC0}  # a missing chunk reads NaN
 
 
-def _compressors() -> list[object]:
+def _compressors() -> list[BytesBytesCodec]:
     return [ZstdCodec(level=ZSTD_LEVEL, checksum=False), Crc32cCodec()]
 
 

@@ -33,7 +33,8 @@ def write_bench_corpus(folder: Path, copies: int) -> Path:
     with path.open("w") as handle:
         for copy in range(copies):
             for doc in docs:
-                handle.write(json.dumps({"text": f"Telling {copy + 1}. {doc.text}", "concept": doc.meta.get("concept")}) + "\n")
+                record = {"text": f"Telling {copy + 1}. {doc.text}", "concept": doc.meta.get("concept")}
+                handle.write(json.dumps(record) + "\n")
     return path
 
 

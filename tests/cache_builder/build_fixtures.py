@@ -36,13 +36,18 @@ def reference_activations(model_dir: Path, text_ids: list[np.ndarray], layers: l
         handles = []
         for i in layers:
             layer = model.model.layers[i]
-            handles.append(layer.register_forward_hook(
-                lambda _m, _a, out, i=i: seen.__setitem__(("resid_post", i), out[0] if isinstance(out, tuple) else out)))
-            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
-                lambda _m, args, i=i: seen.__setitem__(("attn_z", i), args[0])))
+            handles.append(layer.register_forward_hook(_store(seen, ("resid_post", i), output=True)))
+            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(_store(seen, ("attn_z", i), output=False)))
         with torch.inference_mode():
             model(torch.as_tensor(ids)[None])
         for handle in handles:
             handle.remove()
         results.append({k: v[0] for k, v in seen.items()})
     return results
+
+
+def _store(seen: dict, key: tuple[str, int], output: bool):
+    def hook(_module, args, out=None):
+        value = out if output else args[0]
+        seen[key] = value[0] if isinstance(value, tuple) else value
+    return hook

@@ -12,7 +12,7 @@ import pytest
 from build_fixtures import TEXTS, write_jsonl_corpus
 
 from actcache_cli import main
-from storage import open_cache, verify_cache
+from storage import open_cache
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -104,7 +104,8 @@ def test_full_disk_fails_cleanly_and_keeps_committed_work(tiny_llama_dir: Path, 
     big = write_jsonl_corpus(tmp_path / "big.jsonl", [t * 10 for t in TEXTS] + TEXTS[:2])
     disk = tmp_path / "disk"
     disk.mkdir()
-    build = f"{sys.executable} -m actcache_cli build --model {tiny_llama_dir} --out {disk}/cache --no-progress --max-length 4096"
+    build = (f"{sys.executable} -m actcache_cli build --model {tiny_llama_dir} --out {disk}/cache --no-progress "
+             "--max-length 4096")
     script = (
         f"mount -t tmpfs -o size=600k tmpfs {disk} && "
         f"{build} --corpus {small} && echo FIRST-OK && "
