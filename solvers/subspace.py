@@ -57,6 +57,43 @@ class SubspaceResult:
     eigenvalues: list[float]  # top eigenvalues of M_pos - M_base, descending
 
 
+@dataclass(frozen=True)
+class SubspaceEigen:
+    """Top eigenpairs of M_pos - M_base of one concept: shared by every pooling's orientation."""
+
+    eigenvalues: Tensor  # (n_report,) descending
+    eigenvectors: Tensor  # (d, eigen_k) matching the first eigen_k eigenvalues
+
+
+def subspace_eigen(
+    total: Tensor, n_total: int, concept_total: Tensor, n_concept: int, *, eigen_k: int = 5, n_report: int = 20
+) -> SubspaceEigen:
+    """Top eigenpairs of M_pos - M_base, M_pos = T_c / n_c and M_base = (T - T_c) / (n - n_c).
+
+    `total` (d, d) sums projectors over every fitted document (n_total of them), `concept_total` over the
+    concept's positives (n_concept). Only the top pairs are kept, so the result is small (Ray-friendly).
+    """
+    if n_concept < 1 or n_total - n_concept < 1:
+        raise ValueError(f"subspace needs positives and negatives (got {n_concept} of {n_total} documents)")
+    m_pos = concept_total / n_concept
+    m_base = (total - concept_total) / (n_total - n_concept)
+    evals, evecs = torch.linalg.eigh(m_pos - m_base)  # ascending; evecs (d, d) columns
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    return SubspaceEigen(evals[:n_report].clone(), evecs[:, :eigen_k].clone())
+
+
+def oriented_direction(eigen: SubspaceEigen, caa_diff: Tensor) -> SubspaceResult:
+    """Eigenvalue-weighted sum of the top eigenvectors, each oriented to a positive dot product with
+    `caa_diff` (mean(P_c) - mean(N_c)) first (Deviation 2), and so is the result."""
+    top = eigen.eigenvectors  # (d, k)
+    diff = caa_diff.to(top.device, top.dtype)
+    signs = torch.where(diff @ top < 0, -1.0, 1.0).to(top.dtype)  # (k,)
+    vector = (top * signs * eigen.eigenvalues[: top.shape[1]].clamp_min(0)).sum(dim=1)  # (d,)
+    if float(vector @ diff) < 0:
+        vector = -vector
+    return SubspaceResult(normalize(vector).float(), eigen.eigenvalues.tolist())
+
+
 def subspace_direction(
     total: Tensor,
     n_total: int,
@@ -67,23 +104,10 @@ def subspace_direction(
     eigen_k: int = 5,
     n_report: int = 20,
 ) -> SubspaceResult:
-    """Subspace vector of one concept from projector totals.
+    """Subspace vector of one concept from projector totals: `subspace_eigen` then `oriented_direction`.
 
-    `total` (d, d) sums projectors over every fitted document (n_total of them), `concept_total` over the
-    concept's positives (n_concept). M_pos = T_c / n_c, M_base = (T - T_c) / (n - n_c). The top `eigen_k`
-    eigenvectors of M_pos - M_base are each oriented to a positive dot product with `caa_diff`
-    (mean(P_c) - mean(N_c)) before the eigenvalue-weighted sum (Deviation 2), and so is the result.
+    The top `eigen_k` eigenvectors of M_pos - M_base are each oriented to a positive dot product with
+    `caa_diff` before the eigenvalue-weighted sum (Deviation 2), and so is the result.
     """
-    if n_concept < 1 or n_total - n_concept < 1:
-        raise ValueError(f"subspace needs positives and negatives (got {n_concept} of {n_total} documents)")
-    m_pos = concept_total / n_concept
-    m_base = (total - concept_total) / (n_total - n_concept)
-    evals, evecs = torch.linalg.eigh(m_pos - m_base)  # ascending; evecs (d, d) columns
-    evals, evecs = evals.flip(0), evecs.flip(1)
-    diff = caa_diff.to(evecs.device, evecs.dtype)
-    top = evecs[:, :eigen_k]  # (d, k)
-    signs = torch.where(diff @ top < 0, -1.0, 1.0).to(top.dtype)  # (k,)
-    vector = (top * signs * evals[:eigen_k].clamp_min(0)).sum(dim=1)  # (d,)
-    if float(vector @ diff) < 0:
-        vector = -vector
-    return SubspaceResult(normalize(vector).float(), evals[:n_report].tolist())
+    eigen = subspace_eigen(total, n_total, concept_total, n_concept, eigen_k=eigen_k, n_report=n_report)
+    return oriented_direction(eigen, caa_diff)

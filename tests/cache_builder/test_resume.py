@@ -21,7 +21,8 @@ ACTCACHE = [sys.executable, "-m", "actcache_cli"]
 
 def _build_command(model_dir: Path, corpus: Path, out: Path) -> list[str]:
     return ACTCACHE + ["build", "--model", str(model_dir), "--corpus", str(corpus), "--out", str(out),
-                       "--layers", "1,3", "--unit-tokens", "256", "--batch-size", "4", "--no-progress"]
+                       "--layers", "1,3", "--unit-tokens", "256", "--batch-size", "4", "--max-length", "24",
+                       "--no-progress"]
 
 
 def _assert_same_content(a: Path, b: Path) -> None:
