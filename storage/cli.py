@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .gc import collect_garbage
 from .reader import open_cache
 from .verify import verify_cache
 
@@ -23,6 +24,12 @@ def register(subparsers: Any) -> None:
     verify.add_argument("cache", help="cache folder")
     verify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     verify.set_defaults(func=run_verify)
+    gc = subparsers.add_parser("gc", help="delete segments left uncommitted by crashed writers")
+    gc.add_argument("cache", help="cache folder")
+    gc.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
+                    help="only segments untouched this long (protects running writers; default 3600)")
+    gc.add_argument("--dry-run", action="store_true", help="list, do not delete")
+    gc.set_defaults(func=run_gc)
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -54,7 +61,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    with tqdm(unit="chunk", desc="verify", disable=args.no_progress, dynamic_ncols=True) as bar:
+    cache = open_cache(args.cache)  # also refuses a path that is not a cache, before the bar starts
+    total = sum(m.n_chunks for record in cache.commit_records() for m in record.arrays.values())
+    with tqdm(total=total, unit="chunk", desc="verify", disable=args.no_progress, dynamic_ncols=True) as bar:
         report = verify_cache(args.cache, progress=bar.update)
     if report.ok:
         print(f"ok: {report.units} units, {report.documents} documents, {report.chunks} chunks verified")
@@ -64,3 +73,10 @@ def run_verify(args: argparse.Namespace) -> int:
         docs = f"; documents: {', '.join(problem.documents)}" if problem.documents else ""
         print(f"  {problem.where}: {problem.message}{docs}")
     return 1
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    removed = collect_garbage(args.cache, args.older_than, args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(removed)} uncommitted segment(s)" + (f": {', '.join(removed)}" if removed else ""))
+    return 0

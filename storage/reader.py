@@ -14,7 +14,7 @@ import zarr
 from .commit_log import LocalCommitLog
 from .dtypes import to_torch, widen_to_float32
 from .errors import CacheError
-from .index import CommitIndex, DocLocation
+from .index import CommitIndex, CommitRecord, DocLocation
 from .layout import COMMITS, TOKEN_IDS, activation_name, segment_path
 from .root import open_root
 
@@ -91,6 +91,10 @@ class CacheReader:
     def documents(self) -> list[Document]:
         """Every committed document, in commit order."""
         return list(self._documents)
+
+    def commit_records(self) -> list[CommitRecord]:
+        """The committed units, in commit order."""
+        return list(self._index.records)
 
     def document(self, key: str) -> Document:
         loc = self._locate(key)
