@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="capture activations of a corpus into a cache (resumable, appendable)")
     builder_cli.add_build_arguments(build)
+    cluster_cli.add_pipeline_arguments(build)
     build.set_defaults(func=_run_build)
 
     demo = sub.add_parser("demo", help="build the bundled demo corpus with SmolLM2 and show the cache")
@@ -44,7 +45,13 @@ def _run_build(args: argparse.Namespace) -> int:
     from cache_builder import cli as builder_cli
     from cache_builder.build import build_cache
 
-    report = build_cache(builder_cli.settings_from_args(args))
+    settings = builder_cli.settings_from_args(args)
+    if args.stages is None and args.replicas == 1 and args.address is None:
+        report = build_cache(settings)
+    else:
+        from cluster.pipeline import build_distributed
+
+        report = build_distributed(settings, stages=args.stages or 1, replicas=args.replicas, address=args.address)
     print(report.summary(args.out))
     return 0
 

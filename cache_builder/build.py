@@ -18,9 +18,8 @@ from tqdm import tqdm
 
 from storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
 from storage.fingerprint import digest
-from storage.layout import activation_name
 
-from .capture import check_hooks, record_activations
+from .capture import capture_range, check_hooks
 from .corpus import load_corpus
 from .model_source import (
     ResolvedModel,
@@ -39,7 +38,7 @@ from .runner import DecoderStack, pad_batch
 from .settings import BuildSettings
 
 __all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "build_cache",
-           "capture_batch", "run_unit"]
+           "capture_batch", "run_unit", "pad_token_id"]
 
 
 @dataclass
@@ -146,10 +145,9 @@ def capture_batch(stack: DecoderStack, docs: Sequence[TokenizedDoc], capture: Ca
     """One padded forward up to the deepest captured layer; returns real-token rows per array, docs in order."""
     input_ids, attention_mask = pad_batch([d.ids for d in docs], pad_id, padding_side)
     captured = {i: stack.layer_modules[i] for i in capture.layers}
-    with torch.inference_mode(), record_activations(captured, capture.hooks) as records:
-        stack.run(stack.embed(input_ids), attention_mask, 0, capture.layers[-1] + 1)
-    real = attention_mask.bool()  # (B, T)
-    return {activation_name(h, i): records[(h, i)][real] for h in capture.hooks for i in capture.layers}
+    _, rows = capture_range(stack, input_ids, attention_mask, 0, capture.layers[-1] + 1, captured, capture.hooks,
+                            embed=True)
+    return rows
 
 
 def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, torch.Tensor]],
@@ -181,7 +179,7 @@ def build_cache(settings: BuildSettings) -> BuildReport:
     model = load_model(prepared.model, settings.dtype)
     started = time.perf_counter()
     stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
-    pad_id = _pad_id(prepared.tokenizer)
+    pad_id = pad_token_id(prepared.tokenizer)
     capture = prepared.fingerprint.capture
     total_tokens = sum(u.n_tokens for u in prepared.units)
     total_docs = sum(len(u.docs) for u in prepared.units)
@@ -201,7 +199,8 @@ def build_cache(settings: BuildSettings) -> BuildReport:
     return report
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
+    """The id that fills padding: pad, else eos, else 0 (padding is never stored, any id works)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if candidate is not None:
             return int(candidate)

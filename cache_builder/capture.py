@@ -13,7 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HOOKS", "check_hooks", "record_activations"]
+from storage.layout import activation_name
+
+from .runner import DecoderStack
+
+__all__ = ["HOOKS", "check_hooks", "record_activations", "capture_range"]
 
 HOOKS = ("resid_post", "attn_z")
 
@@ -62,3 +66,18 @@ def record_activations(layers: Mapping[int, nn.Module], hooks: Sequence[str],
     finally:
         for handle in handles:
             handle.remove()
+
+
+def capture_range(stack: DecoderStack, inputs: torch.Tensor, attention_mask: torch.Tensor, first: int, stop: int,
+                  captured: Mapping[int, nn.Module], hooks: Sequence[str], *, embed: bool,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run layers [first, stop) of a padded batch (token ids when `embed`, else hidden states).
+
+    Returns the hidden states and, per captured array name, the real-token rows in document order: padding is
+    dropped here, so it is never stored.
+    """
+    with torch.inference_mode(), record_activations(captured, hooks) as records:
+        hidden = stack.embed(inputs) if embed else inputs  # (B, T, d)
+        hidden = stack.run(hidden, attention_mask, first, stop)
+    real = attention_mask.bool()  # (B, T)
+    return hidden, {activation_name(h, i): records[(h, i)][real] for h in hooks for i in captured}

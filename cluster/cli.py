@@ -12,7 +12,7 @@ import yaml
 from cache_builder.model_registry import ModelSpecError, load_model_spec
 from cluster.planner import CaptureRequest, ClusterSpec, PlanError, format_plan, plan_build
 
-__all__ = ["register", "run_plan"]
+__all__ = ["register", "run_plan", "add_pipeline_arguments"]
 
 EXIT_REFUSED = 2
 
@@ -34,6 +34,16 @@ def _count(text: str) -> int:
         return int(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of tokens like 1e9, not {text!r}") from None
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """`actcache build` options that run the backbone as a Ray pipeline instead of in this process."""
+    group = parser.add_argument_group("Ray pipeline (optional)")
+    group.add_argument("--stages", type=int, default=None,
+                       help="pipeline stages per replica, each owning a contiguous range of layers on its own device")
+    group.add_argument("--replicas", type=int, default=1, help="data-parallel pipeline replicas")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,324 @@
+"""The distributed build: R data-parallel replicas of an S-stage Ray pipeline, writing the same cache as
+`cache_builder.build.build_cache`.
+
+The driver does everything that needs no model (`prepare_build`: validation, fingerprint, dedup against the cache,
+the plan), begins one segment per unit and commits it once every stage has closed its own arrays. Stages receive
+token ids (stage 0) or hidden states (ObjectRefs chained stage to stage), so only hidden states travel, and
+several micro-batches are in flight per replica so that the stages work at the same time. A stage that dies is
+restarted by Ray (`max_restarts`); every unit it had not committed is redone under a new segment (the old one
+stays invisible garbage), so no document is lost or stored twice. Killing the driver loses only uncommitted
+units: rerunning resumes from the commit records, like the single-process builder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+
+from cache_builder.build import BuildReport, PreparedBuild, pad_token_id, parse_layers, prepare_build
+from cache_builder.model_source import ResolvedModel, num_layers, resolve_model, weight_files
+from cache_builder.partial_load import layer_bytes
+from cache_builder.planning import Unit
+from cache_builder.runner import pad_batch
+from cache_builder.settings import BuildSettings
+from cluster._stage import CaptureJob, StageRestarted, StageSpec, StageStats, _PipelineStage
+from cluster.partition import partition_layers
+from cluster.ray_connect import ClusterError, check_reachable, connect, resolve_address
+from storage import DocRecord
+
+__all__ = ["MAX_RESTARTS", "Backbone", "PipelineReport", "build_distributed", "stage_ranges"]
+
+MAX_RESTARTS = 4  # per stage actor; a unit is tried at most MAX_RESTARTS + 1 times
+JOIN_POLL_S = 0.5
+
+
+@dataclass
+class PipelineReport(BuildReport):
+    """A build report plus the pipeline's shape, what each stage loaded, and how many units were redone."""
+
+    stages: int = 1
+    replicas: int = 1
+    redone_units: int = 0
+    stage_stats: list[StageStats] = field(default_factory=list)
+
+    def summary(self, out: str | Path) -> str:
+        spans = ", ".join(f"{a}-{b - 1}" for a, b in (s.layers for s in self.stage_stats[:self.stages]))
+        devices = sorted({s.device for s in self.stage_stats}) or ["-"]
+        return (f"{super().summary(out)}\npipeline: {self.replicas} replica(s) x {self.stages} stage(s) (layers "
+                f"{spans or '-'}) on {'/'.join(devices)}; {self.redone_units} unit(s) redone after a stage restart")
+
+
+def stage_ranges(model: ResolvedModel, deepest: int, stages: int) -> list[range]:
+    """Contiguous layer ranges covering 0..deepest, balanced by the checkpoint's bytes (stage 0 also embeds)."""
+    per_layer, embed = layer_bytes(model, deepest + 1)
+    return partition_layers(per_layer, stages, embed)
+
+
+def build_distributed(settings: BuildSettings, *, stages: int, replicas: int = 1, address: str | None = None,
+                      cpus_per_stage: float = 1.0, in_flight: int | None = None) -> PipelineReport:
+    """Build (or resume, or extend) a cache with `replicas` pipelines of `stages` Ray actors each.
+
+    `address`: a Ray cluster (`host:port`, `ray://host:port`, `auto`), else `RAY_ADDRESS`, else a local instance.
+    A stage gets one GPU when the cluster has one per stage, else runs on CPU with `cpus_per_stage` threads.
+    `in_flight`: micro-batches in flight per replica (default 2 per stage). Every input is checked before the
+    cache is touched or Ray is started.
+    """
+    if stages < 1 or replicas < 1:
+        raise ValueError(f"--stages {stages} --replicas {replicas}: both must be at least 1")
+    address = resolve_address(address)
+    model = resolve_model(settings.model)
+    weight_files(model)  # a GGUF model is refused here: stages read safetensors
+    config = json.loads((model.path / "config.json").read_text())
+    ranges = stage_ranges(model, parse_layers(settings.layers, num_layers(config))[-1], stages)
+    if address is not None:
+        check_reachable(address)
+    prepared = prepare_build(settings)
+    if not prepared.units:
+        return _report(prepared, stages, replicas)
+    started = time.perf_counter()
+    owns_ray = connect(address, num_cpus=max(os.cpu_count() or 1, math.ceil(stages * replicas * cpus_per_stage)))
+    backbone = None
+    try:
+        backbone = Backbone(model, ranges, replicas, dtype=settings.dtype, cpus_per_stage=cpus_per_stage)
+        report = backbone.build(prepared, in_flight=in_flight)
+    finally:
+        if backbone is not None:
+            backbone.shutdown()
+        if owns_ray:
+            ray.shutdown()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+class Backbone:
+    """R replicas of an S-stage pipeline holding a model's layers resident, ready to run any number of builds.
+
+    Loading a large model takes minutes; a backbone pays it once (`build_distributed` starts one per build, a
+    long-running service keeps one). Needs a connected Ray (`ray_connect.connect`).
+    """
+
+    def __init__(self, model: ResolvedModel, ranges: Sequence[range], replicas: int = 1, *, dtype: str = "float32",
+                 cpus_per_stage: float = 1.0) -> None:
+        n_actors = len(ranges) * replicas
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        if 0 < gpus < n_actors:
+            raise ClusterError(f"the Ray cluster has {gpus} GPUs but {len(ranges)} stages x {replicas} replicas "
+                               f"need {n_actors}: lower --stages/--replicas or add GPU nodes")
+        if resources.get("CPU", 0) < n_actors * cpus_per_stage:
+            raise ClusterError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs but {n_actors} stages need "
+                               f"{n_actors * cpus_per_stage:g}: lower --stages/--replicas or add nodes")
+        stage_cls = ray.remote(_PipelineStage).options(
+            num_cpus=cpus_per_stage, num_gpus=1 if gpus else 0, max_restarts=MAX_RESTARTS,
+            max_task_retries=0,  # a stage's state is per unit: the retry boundary is the unit (see _Run)
+        )
+        specs = [StageSpec(index=i, first=r.start, stop=r.stop, dtype=dtype, last=i == len(ranges) - 1,
+                           threads=max(1, int(cpus_per_stage))) for i, r in enumerate(ranges)]
+        self.model = model
+        self.dtype = dtype
+        self.ranges = list(ranges)
+        self.pipelines = [[stage_cls.remote(spec, model.to_dict()) for spec in specs] for _ in range(replicas)]
+        self.stats: list[StageStats] = ray.get([s.ready.remote() for p in self.pipelines for s in p])
+
+    def build(self, prepared: PreparedBuild, *, replicas: int | None = None,
+              in_flight: int | None = None) -> PipelineReport:
+        """Run a prepared build's units on the first `replicas` pipelines (default all) and commit them."""
+        deepest = self.ranges[-1].stop - 1
+        if prepared.model.path != self.model.path or prepared.settings.dtype != self.dtype:
+            raise ValueError(f"this backbone runs {self.model.path} in {self.dtype}, the build wants "
+                             f"{prepared.model.path} in {prepared.settings.dtype}: start a backbone for it")
+        if prepared.deepest_layer != deepest:
+            raise ValueError(f"this backbone runs layers 0..{deepest}, the build captures up to layer "
+                             f"{prepared.deepest_layer}: start a backbone for layers 0..{prepared.deepest_layer}")
+        pipelines = self.pipelines[:replicas or len(self.pipelines)]
+        report = _report(prepared, len(self.ranges), len(pipelines))
+        report.stage_stats = self.stats
+        started = time.perf_counter()
+        if prepared.units:
+            _Run(prepared, report, pipelines, in_flight or 2 * len(self.ranges)).execute()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def shutdown(self) -> None:
+        """Stop every stage actor (no restart)."""
+        for pipeline in self.pipelines:
+            for stage in pipeline:
+                ray.kill(stage, no_restart=True)
+        self.pipelines = []
+
+
+def _report(prepared: PreparedBuild, stages: int, replicas: int) -> PipelineReport:
+    return PipelineReport(reused_documents=prepared.report.reused_documents, truncated=prepared.report.truncated,
+                          stages=stages, replicas=replicas)
+
+
+def _stage_lost(error: BaseException) -> bool:
+    """Errors that mean a stage process (or the node holding a hidden state) went away: redo the unit."""
+    return isinstance(error, RayActorError | ObjectLostError | StageRestarted)  # RayActorError: died, unavailable
+
+
+def _brief(error: BaseException) -> str:
+    """Ray's errors span many lines; ours are one."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+
+
+@dataclass
+class _Open:
+    """A unit in flight on one replica: its segment, and the stages' `finish` refs once every batch is sent."""
+
+    unit: Unit
+    segment: str
+    records: list[DocRecord]
+    finish: list[Any] | None = None
+
+
+class _Run:
+    """Units shared by the replicas (one driver thread each); begin, commit and redo under one lock."""
+
+    def __init__(self, prepared: PreparedBuild, report: PipelineReport, pipelines: list[list[Any]],
+                 in_flight: int) -> None:
+        from tqdm import tqdm
+
+        self.prepared = prepared
+        self.report = report
+        self.pipelines = pipelines
+        self.in_flight = max(1, in_flight)
+        self.pad_id = pad_token_id(prepared.tokenizer)
+        self.job = ray.put(CaptureJob(str(prepared.writer.path), prepared.fingerprint.to_dict()))
+        self.todo: deque[Unit] = deque(prepared.units)
+        self.attempts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.failed: BaseException | None = None
+        total = sum(u.n_tokens for u in prepared.units)
+        self.bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"build {len(pipelines)}x{len(pipelines[0])}",
+                        disable=not prepared.settings.progress, dynamic_ncols=True)
+
+    def execute(self) -> None:
+        threads = [threading.Thread(target=self._replica, args=(p,), name=f"replica-{i}", daemon=True)
+                   for i, p in enumerate(self.pipelines)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(JOIN_POLL_S)
+        except BaseException as error:  # e.g. KeyboardInterrupt: stop the replicas, keep what is committed
+            self._fail(error)
+            raise
+        finally:
+            self.bar.close()
+        if self.failed is not None:
+            raise self.failed
+
+    # -- shared state ---------------------------------------------------------------------------------------------
+    def _take(self) -> Unit | None:
+        with self.lock:
+            return self.todo.popleft() if self.todo and self.failed is None else None
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop handing out units; the first error is raised by `execute` (a stage's own error, unwrapped from
+        Ray's task error, so e.g. a full disk reads as the storage layer's one-line DiskFullError)."""
+        if isinstance(error, RayTaskError) and isinstance(error.cause, Exception):
+            error = error.cause
+        with self.lock:
+            self.failed = self.failed or error
+
+    def _begin(self, unit: Unit) -> _Open:
+        records = [DocRecord(d.key, d.n_tokens, d.meta, d.original_tokens) for d in unit.docs]
+        with self.lock:
+            segment = self.prepared.writer.begin_segment(unit.unit_id, records,
+                                                         np.concatenate([d.ids for d in unit.docs]))
+        return _Open(unit, segment, records)
+
+    def _commit(self, item: _Open, manifests: list[Any]) -> None:
+        with self.lock:
+            self.prepared.writer.commit(item.unit.unit_id, item.segment, item.records, manifests)
+            self.report.units += 1
+            self.report.built_documents += len(item.unit.docs)
+            self.report.built_tokens += item.unit.n_tokens
+            self.bar.update(item.unit.n_tokens)
+
+    def _redo(self, units: list[Unit], error: BaseException) -> None:
+        with self.lock:
+            for unit in reversed(units):
+                tries = self.attempts[unit.unit_id] = self.attempts.get(unit.unit_id, 0) + 1
+                if tries > MAX_RESTARTS:
+                    self.failed = self.failed or ClusterError(
+                        f"unit {unit.unit_id} failed {tries} times, last with {_brief(error)}: check the stage "
+                        f"logs (ray logs), memory and the model files, then rerun to resume"
+                    )
+                self.todo.appendleft(unit)
+            self.report.redone_units += len(units)
+
+    # -- one replica ----------------------------------------------------------------------------------------------
+    def _replica(self, stages: list[Any]) -> None:
+        while True:
+            opened: deque[_Open] = deque()
+            try:
+                self._drive(stages, opened)
+                return
+            except BaseException as error:
+                if not _stage_lost(error):
+                    self._fail(error)
+                    return
+                for item in opened:
+                    for stage in stages:
+                        stage.abort.remote(self.job, item.segment)  # fire and forget: a restarted stage holds nothing
+                self._redo([item.unit for item in opened], error)
+                if not self._await_restart(stages):
+                    return
+
+    def _await_restart(self, stages: list[Any]) -> bool:
+        """Wait until Ray has restarted every stage of a replica (reloading takes a while); False if one cannot
+        come back (it used up its `max_restarts`), which fails the build."""
+        try:  # retried by Ray while the actor restarts: tasks sent meanwhile would fail at once
+            ray.get([stage.ready.options(max_task_retries=-1).remote() for stage in stages])
+        except BaseException as error:
+            self._fail(ClusterError(f"a pipeline stage did not come back after {MAX_RESTARTS} restarts "
+                                    f"({_brief(error)}): check the stage logs (ray logs) and memory, then rerun "
+                                    f"to resume"))
+            return False
+        return True
+
+    def _drive(self, stages: list[Any], opened: deque[_Open]) -> None:
+        """Send every micro-batch of the next units through the stages, at most `in_flight` at a time; commit
+        each unit as soon as all its stages closed their arrays."""
+        window: deque[Any] = deque()
+        while (unit := self._take()) is not None:
+            item = self._begin(unit)
+            opened.append(item)
+            for index, docs in enumerate(unit.batches()):
+                ids, mask = pad_batch([d.ids for d in docs], self.pad_id, self.prepared.settings.padding_side)
+                x: Any = ids
+                for stage in stages:
+                    x = stage.forward.remote(self.job, item.segment, index, x, mask)
+                window.append(x)
+                while len(window) >= self.in_flight:
+                    ray.get(window.popleft())
+                self._commit_ready(opened, block=False)
+            item.finish = [stage.finish.remote(self.job, item.segment) for stage in stages]
+            self._commit_ready(opened, block=False)
+        ray.get(list(window))
+        self._commit_ready(opened, block=True)
+
+    def _commit_ready(self, opened: deque[_Open], *, block: bool) -> None:
+        while opened and opened[0].finish is not None:
+            refs = opened[0].finish
+            if not block and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+                return
+            manifests = [m for part in ray.get(refs) for m in part]
+            self._commit(opened[0], manifests)
+            opened.popleft()
