@@ -20,6 +20,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def build_parser() -> argparse.ArgumentParser:
     from cache_builder import cli as builder_cli
     from cluster import cli as cluster_cli
+    from solvers import cli as solvers_cli
     from storage import cli as storage_cli
 
     parser = argparse.ArgumentParser(prog="actcache", description=__doc__)
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_cli.add_pipeline_arguments(build)
     build.set_defaults(func=_run_build)
 
-    demo = sub.add_parser("demo", help="build the bundled demo corpus with SmolLM2 and show the cache")
+    demo = sub.add_parser("demo", help="build the bundled demo corpus with SmolLM2, solve it, show the readout")
     demo.add_argument("--out", default="actcache-demo", help="output folder (default: ./actcache-demo)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_run_demo)
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     builder_cli.register(sub)
     storage_cli.register(sub)
     cluster_cli.register(sub)
+    solvers_cli.register(sub)
     return parser
 
 
@@ -57,18 +59,25 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import shutil
+
     from cache_builder.build import build_cache
     from cache_builder.corpus import DEMO_CORPUS
     from cache_builder.settings import BuildSettings
+    from solvers import SolveSettings, solve_cache
     from storage import open_cache
     from storage.cli import format_info
 
     out = Path(args.out)
     settings = BuildSettings(model="smollm2-135m", corpus=DEMO_CORPUS, out=out / "cache", layers="8,15,22",
                              progress=not args.no_progress)
-    report = build_cache(settings)
+    report = build_cache(settings)  # a rerun reuses every cached document
     print(report.summary(settings.out))
     print(format_info(open_cache(settings.out).info()))
+    readout = out / "readout"
+    if (readout / "readout.json").is_file():  # the demo's own previous readout: replace it
+        shutil.rmtree(readout)
+    print(solve_cache(settings.out, readout, SolveSettings(methods=("all",))).summary())
     return 0
 
 

@@ -1,7 +1,7 @@
 """Offline solvers: concept vectors and their quality from cached activations, without the model.
 
 Pure maths over pooled vectors and token matrices; reading the cache and scheduling passes is the job
-layer's business (solvers/job.py).
+layer's business: `solve_cache` (solvers/job.py) and `sweep_cache` (solvers/sweep.py).
 """
 
 from solvers.aggregators import (
@@ -21,8 +21,11 @@ from solvers.caa import caa_direction, caa_directions, normalize
 from solvers.errors import SolverInputError
 from solvers.evaluate import projection_auroc
 from solvers.heads import HeadRanking, head_write_projection, rank_heads, rank_heads_from_totals, top_write_heads
+from solvers.job import SolveResult, SolveSettings, solve_cache, triage_summary
+from solvers.job_inputs import LabelSpec
 from solvers.labels import NEGATIVE_ONLY, DocumentLike, LabelSets, Pair, field_labels, story_labels
 from solvers.layer_pass import LayerPass, LayerStats, PassPlan, subspace_batches
+from solvers.memory import parse_bytes
 from solvers.pooling import Pooling, parse_pooling
 from solvers.quality import (
     concept_quality,
@@ -37,9 +40,32 @@ from solvers.readout import Readout, read_readout, write_readout
 from solvers.report import triage_report
 from solvers.ridge import RidgeResult, ridge_reconstruction
 from solvers.stats import MomentTotals, PooledStore, ProjectorTotals
-from solvers.subspace import SubspaceResult, subspace_direction, trajectory_basis
+from solvers.subspace import (
+    SubspaceEigen,
+    SubspaceResult,
+    oriented_direction,
+    subspace_direction,
+    subspace_eigen,
+    trajectory_basis,
+)
+from solvers.sweep import SweepResult, SweepSettings, sweep_cache
+from solvers.weights import LayerWeights, WeightLookup
 
 __all__ = [
+    "WeightLookup",
+    "LayerWeights",
+    "sweep_cache",
+    "SweepSettings",
+    "SweepResult",
+    "subspace_eigen",
+    "oriented_direction",
+    "SubspaceEigen",
+    "parse_bytes",
+    "LabelSpec",
+    "triage_summary",
+    "solve_cache",
+    "SolveSettings",
+    "SolveResult",
     "AGGREGATORS",
     "Aggregator",
     "DocumentLike",

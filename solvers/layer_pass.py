@@ -105,7 +105,7 @@ class LayerPass:
         for pooling in self.plan.poolings:
             name = str(pooling)
             pooled = pooling(x, key)  # (d,)
-            self._pooled[name].append(pooled)
+            self._pooled[name].append(pooled.clone())  # a view would keep the whole stream block alive
             if name in self._positives:
                 self._positives[name].add(doc, pooled)
             if name in self._pairs:

@@ -3,7 +3,7 @@
 Layout of an output directory:
     readout.safetensors   `layer_<idx>.vectors` (n_concepts, hidden) float16, unit rows (primary method)
     readout.json          {"concepts", "layers", "hidden_size", "dtype": "float16", "method", "methods"}
-    methods/<name>.safetensors + methods/<name>.json   the same for every other method
+    methods/<name>.safetensors + methods/<name>.json   the same for every method (primary included)
     quality.json          per concept (solvers.quality.concept_quality)
     report.md             human-readable triage
 The directory is written under a temporary name and renamed at the end, so it is complete or absent.
@@ -78,7 +78,7 @@ def write_readout(
     quality: Mapping[str, object] | None = None,
     report: str | None = None,
 ) -> Path:
-    """Write every method's readout (`primary` as readout.safetensors), quality.json and report.md."""
+    """Write every method's readout (`primary` also as readout.safetensors), quality.json and report.md."""
     out = Path(out_dir)
     if out.exists():
         raise SolverInputError(f"output directory {out} exists: choose a new path or remove it")
@@ -89,9 +89,8 @@ def write_readout(
     (tmp / "methods").mkdir(parents=True)
     try:
         _write_one(tmp, "readout", methods[primary], primary, {"methods": sorted(methods)})
-        for name, readout in methods.items():
-            if name != primary:
-                _write_one(tmp / "methods", name, readout, name, {})
+        for name, readout in methods.items():  # every method in its own file, the primary too
+            _write_one(tmp / "methods", name, readout, name, {})
         if quality is not None:
             (tmp / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
         if report is not None:

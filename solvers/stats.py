@@ -210,6 +210,11 @@ class ProjectorTotals:
         self.flush()
         return self._sums[concept], self._counts[concept]
 
+    def release(self, concept: int) -> None:
+        """Drop a tracked concept's T_c once it is solved: frees d x d while later batches are read."""
+        self.flush()
+        del self._sums[concept], self._counts[concept]
+
     def merge(self, other: ProjectorTotals) -> None:
         if set(self._sums) != set(other._sums):
             raise ValueError("cannot merge projector totals that track different concepts")

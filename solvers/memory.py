@@ -1,0 +1,107 @@
+"""The memory budget of a solve (`--max-memory`): parsed once, then split between the cache stream, the
+per-document workspace, the streaming accumulators and the subspace totals before any data is read.
+
+The budget covers what a solve holds, not the interpreter: Python, torch, zarr and the loaded libraries
+take about 310 MB whatever the cache size. The work buffers BLAS/LAPACK touch once kernels run at real
+sizes are counted (`RUNTIME_WORKSPACE`). Checked in tests/solvers/test_job_memory.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from solvers.errors import SolverInputError
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+MAX_STREAM_BLOCK = 64 << 20  # the reader's default block: more buys nothing
+MIN_STREAM_BLOCK = 1 << 20
+# BLAS/LAPACK buffers touched by the first large gemm, SVD and eigh (measured 15-20 MB resident, one
+# thread) and zarr's per-stream buffers: fixed, whatever the cache size, but part of what a solve holds
+RUNTIME_WORKSPACE = 24 << 20
+STREAM_COPIES = 4  # the reader's window while it is extended, chunk buffers, the widened rows (measured 3.7x)
+SVD_COPIES = 6  # in float32 matrices: rows, float64 copy (2), centred, SVD factors, LAPACK workspace
+
+
+def parse_bytes(text: str) -> int:
+    """'200MB', '1.5GiB', '500k' or a plain number of bytes -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise SolverInputError(f"bad memory size {text!r}: use e.g. 200MB, 1.5GiB or a number of bytes")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one layer's pass spends the budget (bytes); `subspace` is what the projector totals may use."""
+
+    budget: int | None
+    stream_block: int
+    document: int
+    accumulators: int
+    eigen: int
+    subspace: int
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {k: getattr(self, k) for k in ("budget", "stream_block", "document", "accumulators", "eigen",
+                                               "subspace")}
+
+
+def plan_memory(
+    budget: int | None, *, width: int, longest_document: int, accumulators: int, subspace: bool, kept: int = 0
+) -> MemoryPlan:
+    """Split `budget` for one (hook, layer) pass of `width` columns.
+
+    `accumulators` is `PassPlan.memory_bytes` without the subspace totals, `kept` what outlives the pass
+    (vectors of finished layers). Fixed parts: the library workspace, the stream (about `STREAM_COPIES`
+    blocks; the block is a twentieth of the budget), one document's matrices, the eigen-decomposition and
+    projector flush temporaries, and T, which later subspace batches keep beside their own totals. The
+    rest is for the subspace totals (`subspace`, handed to `subspace_batches`). A budget that the fixed
+    parts already exceed is an error naming the smallest budget that works.
+    """
+    document = (SVD_COPIES if subspace else 2) * longest_document * width * 4  # float32 rows and what they cost
+    square = width * width * 8
+    # eigh: M_pos, M_base, their difference, eigenvectors; a flush: the (d, 1024) buffer and its Gram in
+    # float32 and float64; T kept through later subspace batches
+    eigen = (4 * square + 2 * width * 1024 * 4 + 3 * square // 2 + square) if subspace else 0
+    if budget is None:
+        return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62)
+    block = max(MIN_STREAM_BLOCK, min(MAX_STREAM_BLOCK, budget // 20))
+    fixed = RUNTIME_WORKSPACE + STREAM_COPIES * block + document + accumulators + eigen + kept
+    minimum_totals = 2 * square + width * 1024 * 4 if subspace else 0  # what subspace_batches needs at least
+    if fixed + minimum_totals > budget:
+        need = fixed + minimum_totals
+        raise SolverInputError(
+            f"--max-memory {format_bytes(budget)} is too small for width {width} and a longest document of "
+            f"{longest_document} tokens: the stream, accumulators"
+            f"{' and subspace totals' if subspace else ''} need about {format_bytes(need)}; raise it or "
+            f"solve fewer methods, poolings or concepts at once"
+        )
+    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed)
+
+
+def pin_malloc_thresholds() -> bool:
+    """Keep glibc from fragmenting the heap while streaming; True when applied (glibc only).
+
+    glibc raises its mmap threshold after each large free (up to 32 MB), after which the mid-size buffers
+    of a stream (a document's rows, SVD factors, pooled batches) come from the heap and fragment it:
+    measured +70 MB RSS streaming a 300 MB cache with 6 MB blocks. Pinning the thresholds (which turns the
+    adjustment off) keeps buffers above 128 KiB mmap-ed and returned to the system when freed.
+    Process-wide and permanent: the job sets it only when a memory budget is given.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 128 << 10)) and bool(mallopt(m_trim_threshold, 128 << 10))

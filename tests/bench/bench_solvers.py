@@ -1,0 +1,157 @@
+"""Benchmark: K variants by rerunning SmolLM2 once per variant (what the reference trainer did) versus one
+cache build plus one sweep from the cache.
+
+    .venv/bin/python tests/bench/bench_solvers.py [--layers 8,15,22] [--poolings last,mean]
+        [--methods caa,pca,logistic,subspace] [--threads 1]
+
+Corpus: the bundled demo corpus (story layout, 12 concepts). A rerun variant = one full transformers forward
+of every fitted document (as the reference trainer ran the model per method) feeding that one variant's
+accumulators, then its solve. The sweep computes every variant from one read of each cached layer. Token
+ids come from the cache for both sides (tokenising is not timed). Peak memory is each phase's RSS
+high-water mark above the process RSS when the phase starts (VmHWM, reset via /proc/self/clear_refs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("ACTCACHE_HOME", str(REPO / ".cache" / "actcache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _status(field: str) -> int:
+    return int(re.search(field + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+class Phase:
+    """Wall time and peak RSS above the RSS at the start of a phase."""
+
+    def __enter__(self) -> Phase:
+        self.rss = _status("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+        self.peak = _status("VmHWM") - self.rss
+
+
+def rerun_variant(model, token_ids, labels, layers, width, pooling, method) -> dict:
+    """One variant the reference way: forward every fitted document through the full model, then solve."""
+    import torch
+
+    from solvers import LayerPass, PassPlan
+    from solvers.executor import LocalExecutor
+    from solvers.layer_solve import layer_vectors
+    from solvers.subspace import subspace_eigen
+
+    plan = PassPlan((pooling,), pairs=method not in ("caa", "subspace"),
+                    subspace_concepts=tuple(range(len(labels.concepts))) if method == "subspace" else None)
+    passes = {layer: LayerPass(labels, width, plan) for layer in layers}
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [model.model.layers[i].register_forward_hook(
+        lambda _m, _a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out)) for i in layers]
+    try:
+        for i, ids in enumerate(token_ids):
+            if not labels.fit[i]:
+                continue
+            with torch.inference_mode():
+                model(torch.as_tensor(ids, dtype=torch.long)[None])
+            for layer in layers:
+                passes[layer].feed(i, seen[layer][0])
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for layer, lp in passes.items():
+        stats = lp.finish()
+        eigens = None
+        if method == "subspace":
+            total, n = stats.projectors.total()
+            eigens = {c: subspace_eigen(total, n, *stats.projectors.concept_total(c))
+                      for c in range(len(labels.concepts))}
+        out[layer] = layer_vectors(labels, stats, (pooling,), (method,), eigens, LocalExecutor())
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", default="8,15,22")
+    parser.add_argument("--poolings", default="last,mean")
+    parser.add_argument("--methods", default="caa,pca,logistic,subspace")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every phase (default 1)")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cache_builder.build import BuildSettings, build_cache
+    from cache_builder.corpus import DEMO_CORPUS
+    from cache_builder.model_source import resolve_model
+    from solvers import parse_pooling, read_readout, story_labels
+    from solvers.sweep import SweepSettings, sweep_cache, variant_name
+    from storage import open_cache
+
+    torch.set_num_threads(args.threads)
+    layers = [int(x) for x in args.layers.split(",")]
+    poolings, methods = args.poolings.split(","), args.methods.split(",")
+    model_dir = resolve_model("smollm2-135m").path
+    work = Path(tempfile.mkdtemp(prefix="bench-solvers-"))
+
+    with Phase() as build:
+        build_cache(BuildSettings(model="smollm2-135m", corpus=DEMO_CORPUS, out=work / "cache", layers=args.layers,
+                                  progress=False))
+    with Phase() as sweep:
+        result = sweep_cache(work / "cache", work / "sweep", SweepSettings(
+            poolings=tuple(poolings), methods=tuple(methods), layers=args.layers, threads=args.threads))
+
+    reader = open_cache(work / "cache")
+    docs = reader.documents()
+    labels = story_labels(docs)
+    token_ids = [reader.token_ids(d.key).astype("int64") for d in docs]
+    width = reader.width("resid_post")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    reruns = []
+    for p in poolings:
+        for m in methods:
+            with Phase() as rerun:
+                vectors = rerun_variant(model, token_ids, labels, layers, width, parse_pooling(p), m)
+            swept = read_readout(work / "sweep" / "variants" / variant_name(m, p)).vectors
+            agree = min(float((vectors[layer][(str(parse_pooling(p)), m)] * swept[layer]).sum(dim=1).min())
+                        for layer in layers)
+            reruns.append((f"{m}__{p}", rerun, agree))
+            print(f"rerun {m}__{p}: {rerun.seconds:.1f} s, min cosine to the swept vectors {agree:.4f}", flush=True)
+
+    total_rerun = sum(r.seconds for _, r, _ in reruns)
+    tokens = sum(d.n_tokens for d in docs)
+    rows = [
+        ("documents / tokens / concepts", f"{len(docs)} / {tokens} / {len(labels.concepts)}"),
+        ("layers, variants K", f"{args.layers}; K = {len(reruns)} ({', '.join(n for n, _, _ in reruns)})"),
+        ("torch threads", str(args.threads)),
+        ("rerun per variant (total, K reruns)", f"{total_rerun:.1f} s"),
+        ("rerun per variant (mean)", f"{total_rerun / len(reruns):.1f} s"),
+        ("cache build (once)", f"{build.seconds:.1f} s"),
+        ("sweep from the cache (all K)", f"{sweep.seconds:.1f} s"),
+        ("speed-up: reruns / sweep", f"{total_rerun / sweep.seconds:.1f}x"),
+        ("speed-up: reruns / (build + sweep)", f"{total_rerun / (build.seconds + sweep.seconds):.1f}x"),
+        ("peak RSS above start: build / sweep / one rerun (max)",
+         f"{build.peak / 2**20:.0f} / {sweep.peak / 2**20:.0f} / {max(r.peak for _, r, _ in reruns) / 2**20:.0f} MiB"),
+        ("min cosine rerun vs swept vectors", f"{min(a for _, _, a in reruns):.4f}"),
+        ("cache on disk", f"{open_cache(work / 'cache').info()['bytes_on_disk'] / 2**20:.1f} MiB"),
+    ]
+    print("\n| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows))
+    print(f"\n(sweep wrote {len(result.variants)} readouts to {work / 'sweep'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

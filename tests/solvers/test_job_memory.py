@@ -1,0 +1,64 @@
+"""`--max-memory` holds: the peak RSS of a solve, above the runtime's own, stays under the limit on a cache
+several times larger than it.
+
+Baseline subtracted: the solve process's own RSS just before the solve starts, after it has imported what a
+solve imports (python, torch, numpy, zarr, storage, solvers) and called each linear-algebra kernel once on a
+2 x 2 matrix with the solve's thread count (BLAS/LAPACK load and set up their buffers on first use). That
+memory is the interpreter's, the same for any cache, and is not what --max-memory bounds. The peak is the
+kernel's high-water mark (VmHWM), reset through /proc/self/clear_refs at that point, so a short spike
+counts and the import-time peak does not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from job_fixtures import random_cache, story_metas
+
+LIMIT = 96 * 10**6
+SOLVE = """
+import json, re, sys
+import torch, numpy, zarr, storage
+from solvers.job import SolveSettings, solve_cache
+torch.set_num_threads(1)  # as the solve runs (SolveSettings.threads)
+torch.linalg.svd(torch.ones(2, 2)); torch.linalg.eigh(torch.eye(2, dtype=torch.float64))
+torch.linalg.svdvals(torch.ones(2, 2))
+status = lambda field: int(re.search(field + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+baseline = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+result = solve_cache(sys.argv[1], sys.argv[2], SolveSettings(max_memory=int(sys.argv[3])))
+print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "memory": result.memory}))
+"""
+
+
+def _peak(script: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def large_cache(tmp_path_factory) -> tuple[Path, int]:
+    """24 concepts x 40 documents + 40 baselines, 200 tokens each, width 512 (+ attn_z 128): 512 MB of
+    float32 activations, more than five times the limit."""
+    metas = story_metas(24, 40, 40)
+    path = random_cache(tmp_path_factory.mktemp("memory") / "cache", metas, [200] * len(metas), width=512,
+                        attn_heads=4, head_dim=32, layers=(1,), concept_shift=0.5)
+    return path, len(metas) * 200 * (512 + 128) * 4
+
+
+def test_max_memory_holds_on_a_cache_five_times_larger(large_cache, tmp_path):
+    path, raw_bytes = large_cache
+    assert raw_bytes >= 5 * LIMIT
+    solved = _peak(SOLVE, str(path), str(tmp_path / "out"), str(LIMIT))
+    baseline = solved["baseline"]
+    used = solved["peak"] - baseline
+    print(f"baseline {baseline / 2**20:.0f} MiB, solve peak {solved['peak'] / 2**20:.0f} MiB, "
+          f"data {used / 2**20:.0f} MiB <= limit {LIMIT / 2**20:.0f} MiB; plan {solved['memory']}")
+    assert solved["memory"]["subspace_passes"] >= 2  # the budget forced the subspace totals into batches
+    assert used <= LIMIT
+    assert (tmp_path / "out" / "readout.safetensors").is_file()
