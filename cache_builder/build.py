@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
 from storage.fingerprint import digest
+from storage.selection import select_layers
 
 from .capture import capture_range, check_hooks
 from .corpus import load_corpus
@@ -80,22 +81,10 @@ class PreparedBuild:
 
 def parse_layers(layers: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
     """'all', '8,15' or a list -> sorted unique layer indices, each checked against the model."""
-    if isinstance(layers, str):
-        text = layers.strip()
-        if text == "all":
-            return tuple(range(n_layers))
-        try:
-            parsed = [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise ValueError(f"--layers {layers!r} is not a list of integers: use e.g. 8,15 or all") from None
-    else:
-        parsed = list(layers)
-    if not parsed:
-        raise ValueError("--layers is empty: use e.g. 8,15 or all")
-    bad = [i for i in parsed if not 0 <= i < n_layers]
+    wanted, bad = select_layers(layers, range(n_layers))
     if bad:
         raise ValueError(f"layer(s) {bad} out of range: this model has layers 0..{n_layers - 1}")
-    return tuple(sorted(set(parsed)))
+    return wanted
 
 
 def prepare_build(settings: BuildSettings) -> PreparedBuild:

@@ -13,6 +13,7 @@ from pathlib import Path
 from solvers.errors import SolverInputError
 from solvers.labels import LabelSets, field_labels, story_labels
 from solvers.pooling import Pooling, parse_pooling
+from storage.selection import select_layers
 
 
 @dataclass(frozen=True)
@@ -45,22 +46,16 @@ def build_labels(docs: Sequence, spec: LabelSpec) -> LabelSets:
 
 def resolve_layers(spec: str | Sequence[int], cached: Sequence[int]) -> tuple[int, ...]:
     """'all', '8,15' or a list -> layers, each of which must be in the cache."""
-    if isinstance(spec, str):
-        if spec.strip() == "all":
-            return tuple(cached)
-        try:
-            wanted = [int(part) for part in spec.split(",") if part.strip()]
-        except ValueError:
-            raise SolverInputError(f"--layers {spec!r} is not a list of integers: use e.g. 8,15 or all") from None
-    else:
-        wanted = list(spec)
-    missing = [layer for layer in wanted if layer not in cached]
-    if not wanted or missing:
+    try:
+        wanted, missing = select_layers(spec, cached)
+    except ValueError as error:
+        raise SolverInputError(str(error)) from None
+    if missing:
         raise SolverInputError(
-            f"layer(s) {missing or '(none)'} not in the cache: it holds layers {list(cached)}; pick from these "
+            f"layer(s) {missing} not in the cache: it holds layers {list(cached)}; pick from these "
             f"or rebuild the cache with --layers including them"
         )
-    return tuple(sorted(set(wanted)))
+    return wanted
 
 
 def parse_poolings(spec: str | Sequence[str]) -> tuple[Pooling, ...]:

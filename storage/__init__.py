@@ -1,11 +1,17 @@
 """The actcache cache format: append-only zarr v3 groups with atomic commits (docs/FORMAT.md)."""
 
+import warnings
+
 from .errors import CacheError, CorruptCacheError, DiskFullError, FingerprintMismatchError, NotACacheError
 from .fingerprint import CacheFingerprint, CaptureSpec
 from .reader import CacheReader, Document, open_cache
 from .records import ArrayManifest, ArraySpec, DocRecord
 from .verify import VerifyReport, verify_cache
 from .writer import CacheWriter
+
+# Activation chunks use the `numcodecs.shuffle` codec, a registered zarr v3 extension that zarr-python and zarrs
+# read; zarr warns about every such codec it parses, which would repeat on every array a reader opens.
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
 
 __all__ = [
     "ArrayManifest",

@@ -115,7 +115,8 @@ def test_plain_zarr_and_xarray_read_the_cache(written_cache: WrittenCache) -> No
     segment = root[f"segments/{commit['segment']}"]
     array = segment["attn_z/layer_3"]
     assert array.metadata.dimension_names == ("token", "head_feature")
-    assert [type(c).__name__ for c in array.metadata.codecs] == ["BytesCodec", "ZstdCodec", "Crc32cCodec"]
+    assert [type(c).__name__ for c in array.metadata.codecs] == ["BytesCodec", "Shuffle", "ZstdCodec",
+                                                                   "Crc32cCodec"]
     offsets = segment["doc_offsets"][:]
     key = commit["documents"][1]["key"]
     np.testing.assert_array_equal(array[offsets[1]:offsets[2]], written_cache.values[("attn_z", 3, key)])
