@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .chunk_codec import ChunkEncoder
 from .dtypes import to_storage
 from .errors import as_disk_full
 from .layout import segment_path
 from .records import ArrayManifest
+from .root import child_array
 
 __all__ = ["SegmentWriter"]
 
@@ -26,8 +28,9 @@ __all__ = ["SegmentWriter"]
 class _ArrayStream:
     """Rows waiting for a whole chunk, and the next row to write."""
 
-    def __init__(self, array: zarr.Array) -> None:
+    def __init__(self, array: zarr.Array, folder: Path) -> None:
         self.array = array
+        self.encoder = ChunkEncoder(array, folder)
         self.chunk_rows = int(array.chunks[0])
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
@@ -56,9 +59,10 @@ class SegmentWriter:
     def __init__(self, cache_path: str | Path, segment_id: str, names: list[str], dtype: str, *,
                  threads: int = 2, max_pending: int = 16) -> None:
         group = zarr.open_group(zarr.storage.LocalStore(str(cache_path)), path=segment_path(segment_id), mode="r+")
+        folder = Path(cache_path) / segment_path(segment_id)
         self.segment_id = segment_id
         self.dtype = dtype
-        self._streams = {name: _ArrayStream(group[name]) for name in names}  # type: ignore[arg-type]
+        self._streams = {name: _ArrayStream(child_array(group, name), folder / name) for name in names}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []
@@ -83,12 +87,14 @@ class SegmentWriter:
         self._raise_failed()
         start, block = taken
         self._slots.acquire()
-        future = self._pool.submit(self._write, stream.array, start, block)
+        future = self._pool.submit(self._write, stream, start, block)
         self._futures.append(future)
 
-    def _write(self, array: zarr.Array, start: int, block: np.ndarray) -> None:
+    def _write(self, stream: _ArrayStream, start: int, block: np.ndarray) -> None:
         try:
-            array[start:start + len(block)] = block
+            rows = stream.chunk_rows
+            for offset in range(0, len(block), rows):  # `start` is always chunk-aligned
+                stream.encoder.write((start + offset) // rows, block[offset:offset + rows])
         finally:
             self._slots.release()
 

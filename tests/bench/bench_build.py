@@ -15,6 +15,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,14 +53,15 @@ def bare_forward_tok_s(model_name: str, corpus: Path, batch_size: int, max_lengt
     docs = load_corpus(corpus)
     tokenized = tokenize_documents([d.text for d in docs], [d.meta for d in docs], tokenizer,
                                    tokenizer_digest="bench", max_length=max_length)
-    units = plan_units(tokenized, unit_tokens=8192, batch_size=batch_size)
-    tokens = sum(u.n_tokens for u in units)
-    started = time.perf_counter()
+    batches = [b for u in plan_units(tokenized, unit_tokens=8192, batch_size=batch_size) for b in u.batches()]
+    tokens = sum(d.n_tokens for b in batches for d in b)
     with torch.inference_mode():
-        for unit in units:
-            for batch in unit.batches():
-                ids, mask = pad_batch([d.ids for d in batch], tokenizer.eos_token_id or 0)
-                model.model(input_ids=ids, attention_mask=mask)
+        for _ in range(2):  # warm the kernels (the builds are timed after their model load, warm too)
+            model.model(*pad_batch([d.ids for d in batches[0]], tokenizer.eos_token_id or 0))
+        started = time.perf_counter()
+        for batch in batches:
+            ids, mask = pad_batch([d.ids for d in batch], tokenizer.eos_token_id or 0)
+            model.model(input_ids=ids, attention_mask=mask)
     return tokens / (time.perf_counter() - started), tokens
 
 
@@ -69,22 +71,29 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each row reports its best")
     args = parser.parse_args()
+    runs = (("build, 3 layers (8,15,22), both hooks", "8,15,22", "float32"),
+            ("build, all 30 layers, both hooks", "all", "float32"),
+            ("build, 3 layers, bfloat16 compute+store", "8,15,22", "bfloat16"))
+    best: dict[str, tuple[float, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="actcache-bench-") as tmp:
         corpus = write_bench_corpus(Path(tmp), args.copies)
-        bare, tokens = bare_forward_tok_s(args.model, corpus, args.batch_size, args.max_length)
-        rows = [("bare forward, 30 layers, no hooks", bare, None)]
-        for label, layers, dtype in (("build, 3 layers (8,15,22), both hooks", "8,15,22", "float32"),
-                                     ("build, all 30 layers, both hooks", "all", "float32"),
-                                     ("build, 3 layers, bfloat16 compute+store", "8,15,22", "bfloat16")):
-            out = Path(tmp) / f"cache-{layers.replace(',', '-')}-{dtype}"
-            report = build_cache(BuildSettings(model=args.model, corpus=corpus, out=out, layers=layers,
-                                               batch_size=args.batch_size, max_length=args.max_length,
-                                               dtype=dtype, progress=False))
-            info = open_cache(out).info()
-            rows.append((label, report.built_tokens / report.seconds, (report, info)))
-    print(f"SmolLM2-135M build benchmark: {tokens} tokens, batch {args.batch_size}, float32, "
-          f"{torch.get_num_threads()} torch threads")
+        for round_index in range(args.rounds):
+            bare_rate, tokens = bare_forward_tok_s(args.model, corpus, args.batch_size, args.max_length)
+            best["bare"] = max(best.get("bare", (0.0, None)), (bare_rate, None), key=lambda r: r[0])
+            for label, layers, dtype in runs:
+                out = Path(tmp) / f"cache-{round_index}-{layers.replace(',', '-')}-{dtype}"
+                report = build_cache(BuildSettings(model=args.model, corpus=corpus, out=out, layers=layers,
+                                                   batch_size=args.batch_size, max_length=args.max_length,
+                                                   dtype=dtype, progress=False))
+                rate = report.built_tokens / report.seconds
+                if rate > best.get(label, (0.0, None))[0]:
+                    best[label] = (rate, (report, open_cache(out).info()))
+    bare = best["bare"][0]
+    rows = [("bare forward, 30 layers, no hooks", bare, None)] + [(label, *best[label]) for label, _, _ in runs]
+    print(f"SmolLM2-135M build benchmark: {tokens} tokens, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} torch threads, best of {args.rounds} interleaved rounds")
     print(f"{'run':<42}{'tok/s':>9}{'x bare':>8}{'B/value':>9}{'stored/raw':>11}{'ratio':>7}{'write MB/s':>12}")
     for label, rate, extra in rows:
         if extra is None:
