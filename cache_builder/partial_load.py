@@ -93,7 +93,7 @@ def load_layers(m: ResolvedModel, layers: Iterable[int], *, embed: bool, dtype: 
     state = {key: handles[path].get_slice(key) for key, (path, _) in wanted.items()}  # lazy: read on materialise
     load_config = LoadStateDictConfig(
         dtype=torch_dtype, device_map={"": device}, hf_quantizer=quantizer,
-        weight_mapping=get_model_conversion_mapping(model, hf_quantizer=quantizer),
+        weight_mapping=get_model_conversion_mapping(model, hf_quantizer=quantizer),  # type: ignore[arg-type]
     )
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one bar per stage and build is noise

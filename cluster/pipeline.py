@@ -120,7 +120,7 @@ class Backbone:
         if resources.get("CPU", 0) < n_actors * cpus_per_stage:
             raise ClusterError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs but {n_actors} stages need "
                                f"{n_actors * cpus_per_stage:g}: lower --stages/--replicas or add nodes")
-        stage_cls = ray.remote(_PipelineStage).options(
+        stage_cls: Any = ray.remote(_PipelineStage).options(
             num_cpus=cpus_per_stage, num_gpus=1 if gpus else 0, max_restarts=MAX_RESTARTS,
             max_task_retries=0,  # a stage's state is per unit: the retry boundary is the unit (see _Run)
         )
@@ -129,7 +129,8 @@ class Backbone:
         self.model = model
         self.dtype = dtype
         self.ranges = list(ranges)
-        self.pipelines = [[stage_cls.remote(spec, model.to_dict()) for spec in specs] for _ in range(replicas)]
+        self.pipelines: list[list[Any]] = [[stage_cls.remote(spec, model.to_dict()) for spec in specs]
+                                           for _ in range(replicas)]
         self.stats: list[StageStats] = ray.get([s.ready.remote() for p in self.pipelines for s in p])
 
     def build(self, prepared: PreparedBuild, *, replicas: int | None = None,
