@@ -7,7 +7,7 @@ with the distributed builder in `cluster/`; `build_cache` runs the units in this
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ def capture_batch(stack: DecoderStack, docs: Sequence[TokenizedDoc], capture: Ca
 
 
 def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, torch.Tensor]],
-             on_batch: Any = None) -> bool:
+             on_batch: Callable[[Sequence[TokenizedDoc]], None] | None = None) -> bool:
     """Write one unit's captures as a segment and commit it; the segment stays invisible if anything fails."""
     writer = prepared.writer
     records = [DocRecord(d.key, d.n_tokens, d.meta, d.original_tokens) for d in unit.docs]

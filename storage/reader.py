@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from .commit_log import LocalCommitLog
-from .dtypes import to_torch, widen_to_float32
+from .dtypes import storage_dtype, to_torch, widen_to_float32
 from .errors import CacheError
 from .index import CommitIndex, CommitRecord, DocLocation
 from .layout import COMMITS, TOKEN_IDS, activation_name, segment_path
@@ -168,7 +168,7 @@ class CacheReader:
         """Fingerprint summary, contents, bytes on disk and the compression ratio of the activation arrays."""
         from .stats import disk_usage
 
-        itemsize = 2 if self.dtype in ("bfloat16", "float16") else 4
+        itemsize = storage_dtype(self.dtype).itemsize
         widths = sum(self.fingerprint.widths[h] for h in self.hooks) * len(self.layers)
         stored_tokens = sum(sum(d.n_tokens for d in r.documents) for r in self._index.records)
         raw = stored_tokens * widths * itemsize
