@@ -10,18 +10,18 @@ __all__ = ["main", "build_parser"]
 
 # Errors that are the user's input, not our bugs: printed as one line, exit code 2.
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from cache_builder.corpus import CorpusError
-    from cache_builder.model_source import ModelError
-    from storage import CacheError
+    from actcache.cache_builder.corpus import CorpusError
+    from actcache.cache_builder.model_source import ModelError
+    from actcache.storage import CacheError
 
     return (CacheError, CorpusError, ModelError, ValueError, KeyError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cache_builder import cli as builder_cli
-    from cluster import cli as cluster_cli
-    from solvers import cli as solvers_cli
-    from storage import cli as storage_cli
+    from actcache.cache_builder import cli as builder_cli
+    from actcache.cluster import cli as cluster_cli
+    from actcache.solvers import cli as solvers_cli
+    from actcache.storage import cli as storage_cli
 
     parser = argparse.ArgumentParser(prog="actcache", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,14 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from cache_builder import cli as builder_cli
-    from cache_builder.build import build_cache
+    from actcache.cache_builder import cli as builder_cli
+    from actcache.cache_builder.build import build_cache
 
     settings = builder_cli.settings_from_args(args)
     if args.stages is None and args.replicas == 1 and args.address is None:
         report = build_cache(settings)
     else:
-        from cluster.pipeline import build_distributed
+        from actcache.cluster.pipeline import build_distributed
 
         report = build_distributed(settings, stages=args.stages or 1, replicas=args.replicas, address=args.address)
     print(report.summary(args.out))
@@ -61,12 +61,12 @@ def _run_build(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from cache_builder.build import build_cache
-    from cache_builder.corpus import DEMO_CORPUS
-    from cache_builder.settings import BuildSettings
-    from solvers import SolveSettings, solve_cache
-    from storage import open_cache
-    from storage.cli import format_info
+    from actcache.cache_builder.build import build_cache
+    from actcache.cache_builder.corpus import DEMO_CORPUS
+    from actcache.cache_builder.settings import BuildSettings
+    from actcache.solvers import SolveSettings, solve_cache
+    from actcache.storage import open_cache
+    from actcache.storage.cli import format_info
 
     out = Path(args.out)
     settings = BuildSettings(model="smollm2-135m", corpus=DEMO_CORPUS, out=out / "cache", layers="8,15,22",

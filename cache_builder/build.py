@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+from actcache.storage.fingerprint import digest
+from actcache.storage.selection import select_layers
 from tqdm import tqdm
-
-from storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
-from storage.fingerprint import digest
-from storage.selection import select_layers
 
 from .capture import capture_range, check_hooks
 from .corpus import load_corpus

@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from actcache.storage.layout import activation_name
 from torch import nn
-
-from storage.layout import activation_name
 
 from .runner import DecoderStack
 

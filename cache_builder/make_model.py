@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cache_builder.model_registry import ModelSpec, load_model_spec
-from cache_builder.model_source import SPEC_STAMP, ModelError, spec_digest
-from cache_builder.tokenizer_training import train_tokenizer
+from actcache.cache_builder.model_registry import ModelSpec, load_model_spec
+from actcache.cache_builder.model_source import SPEC_STAMP, ModelError, spec_digest
+from actcache.cache_builder.tokenizer_training import train_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -76,7 +76,8 @@ def _build_tiny(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype))
-    return model, tokenizer, {"seed": spec.seed, "tokenizer": "cache_builder.tokenizer_training.train_tokenizer"}
+    trainer = "actcache.cache_builder.tokenizer_training.train_tokenizer"
+    return model, tokenizer, {"seed": spec.seed, "tokenizer": trainer}
 
 
 def _convert_gguf(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cache_builder.model_registry import ModelSpec, list_model_names, load_model_spec
+from actcache.cache_builder.model_registry import ModelSpec, list_model_names, load_model_spec
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -121,7 +121,7 @@ def _materialise(spec: ModelSpec) -> ResolvedModel:
     if not _is_current(target, spec):
         with _file_lock(target.parent / f".{spec.name}.lock"):
             if not _is_current(target, spec):
-                from cache_builder.make_model import make_model
+                from actcache.cache_builder.make_model import make_model
 
                 _discard(target)
                 make_model(spec.name, target)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from storage.fingerprint import canonical_json
+from actcache.storage.fingerprint import canonical_json
 
 __all__ = ["TokenizedDoc", "Unit", "tokenize_documents", "plan_units", "pending_units", "document_key"]
 

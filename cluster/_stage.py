@@ -16,12 +16,11 @@ from typing import Any
 
 import ray
 import torch
-
-from cache_builder.capture import capture_range
-from cache_builder.model_source import ResolvedModel
-from cache_builder.partial_load import load_layers
-from storage import ArrayManifest, CacheFingerprint, CacheWriter
-from storage.layout import activation_name
+from actcache.cache_builder.capture import capture_range
+from actcache.cache_builder.model_source import ResolvedModel
+from actcache.cache_builder.partial_load import load_layers
+from actcache.storage import ArrayManifest, CacheFingerprint, CacheWriter
+from actcache.storage.layout import activation_name
 
 __all__ = ["CaptureJob", "StageRestarted", "StageSpec", "StageStats"]
 

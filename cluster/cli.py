@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from cache_builder.model_registry import ModelSpecError, load_model_spec
-from cluster.planner import CaptureRequest, ClusterSpec, PlanError, format_plan, plan_build
+from actcache.cache_builder.model_registry import ModelSpecError, load_model_spec
+from actcache.cluster.planner import CaptureRequest, ClusterSpec, PlanError, format_plan, plan_build
 
 __all__ = ["register", "run_plan", "add_pipeline_arguments"]
 

@@ -9,7 +9,7 @@ differ by at most the layer on their boundary.
 
 from __future__ import annotations
 
-from cluster._plan_error import PlanError
+from actcache.cluster._plan_error import PlanError
 
 __all__ = ["partition_layers"]
 

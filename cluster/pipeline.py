@@ -1,5 +1,5 @@
 """The distributed build: R data-parallel replicas of an S-stage Ray pipeline, writing the same cache as
-`cache_builder.build.build_cache`.
+`actcache.cache_builder.build.build_cache`.
 
 The driver does everything that needs no model (`prepare_build`: validation, fingerprint, dedup against the cache,
 the plan), begins one segment per unit and commits it once every stage has closed its own arrays. Stages receive
@@ -25,18 +25,17 @@ from typing import Any
 
 import numpy as np
 import ray
+from actcache.cache_builder.build import BuildReport, PreparedBuild, pad_token_id, parse_layers, prepare_build
+from actcache.cache_builder.model_source import ResolvedModel, num_layers, resolve_model, weight_files
+from actcache.cache_builder.partial_load import layer_bytes
+from actcache.cache_builder.planning import Unit
+from actcache.cache_builder.runner import pad_batch
+from actcache.cache_builder.settings import BuildSettings
+from actcache.cluster._stage import CaptureJob, StageRestarted, StageSpec, StageStats, _PipelineStage
+from actcache.cluster.partition import partition_layers
+from actcache.cluster.ray_connect import ClusterError, check_reachable, connect, resolve_address
+from actcache.storage import DocRecord
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
-
-from cache_builder.build import BuildReport, PreparedBuild, pad_token_id, parse_layers, prepare_build
-from cache_builder.model_source import ResolvedModel, num_layers, resolve_model, weight_files
-from cache_builder.partial_load import layer_bytes
-from cache_builder.planning import Unit
-from cache_builder.runner import pad_batch
-from cache_builder.settings import BuildSettings
-from cluster._stage import CaptureJob, StageRestarted, StageSpec, StageStats, _PipelineStage
-from cluster.partition import partition_layers
-from cluster.ray_connect import ClusterError, check_reachable, connect, resolve_address
-from storage import DocRecord
 
 __all__ = ["MAX_RESTARTS", "Backbone", "PipelineReport", "build_distributed", "stage_ranges"]
 

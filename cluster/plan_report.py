@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cluster.planner import Plan
+    from actcache.cluster.planner import Plan
 
 __all__ = ["format_plan", "layer_span"]
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cache_builder.model_registry import ModelSpec
-from cluster._plan_error import PlanError
-from cluster.memory import HEADROOM_FRACTION, WorkingMemory, stage_working_memory
-from cluster.partition import partition_layers
-from cluster.plan_report import format_plan, layer_span
-from cluster.volume import compression_ratio, hook_width
-from cluster.weights import (
+from actcache.cache_builder.model_registry import ModelSpec
+from actcache.cluster._plan_error import PlanError
+from actcache.cluster.memory import HEADROOM_FRACTION, WorkingMemory, stage_working_memory
+from actcache.cluster.partition import partition_layers
+from actcache.cluster.plan_report import format_plan, layer_span
+from actcache.cluster.volume import compression_ratio, hook_width
+from actcache.cluster.weights import (
     ModelShape,
     WeightFormat,
     dtype_bytes,

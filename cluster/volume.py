@@ -7,8 +7,8 @@ measured on our caches and are the only compression the plan assumes.
 
 from __future__ import annotations
 
-from cluster._plan_error import PlanError
-from cluster.weights import ModelShape, dtype_bytes
+from actcache.cluster._plan_error import PlanError
+from actcache.cluster.weights import ModelShape, dtype_bytes
 
 __all__ = [
     "HOOKS",

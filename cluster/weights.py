@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cache_builder.model_registry import ModelSpec
-from cluster._plan_error import PlanError
+from actcache.cache_builder.model_registry import ModelSpec
+from actcache.cluster._plan_error import PlanError
 
 __all__ = [
     "DTYPE_BYTES",

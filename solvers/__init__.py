@@ -4,7 +4,7 @@ Pure maths over pooled vectors and token matrices; reading the cache and schedul
 layer's business: `solve_cache` (solvers/job.py) and `sweep_cache` (solvers/sweep.py).
 """
 
-from solvers.aggregators import (
+from actcache.solvers.aggregators import (
     AGGREGATORS,
     Aggregator,
     linear_aggregator,
@@ -17,17 +17,23 @@ from solvers.aggregators import (
     pca_center_aggregator,
     pca_diff_aggregator,
 )
-from solvers.caa import caa_direction, caa_directions, normalize
-from solvers.errors import SolverInputError
-from solvers.evaluate import projection_auroc
-from solvers.heads import HeadRanking, head_write_projection, rank_heads, rank_heads_from_totals, top_write_heads
-from solvers.job import SolveResult, SolveSettings, solve_cache, triage_summary
-from solvers.job_inputs import LabelSpec
-from solvers.labels import NEGATIVE_ONLY, DocumentLike, LabelSets, Pair, field_labels, story_labels
-from solvers.layer_pass import LayerPass, LayerStats, PassPlan, subspace_batches
-from solvers.memory import parse_bytes
-from solvers.pooling import Pooling, parse_pooling
-from solvers.quality import (
+from actcache.solvers.caa import caa_direction, caa_directions, normalize
+from actcache.solvers.errors import SolverInputError
+from actcache.solvers.evaluate import projection_auroc
+from actcache.solvers.heads import (
+    HeadRanking,
+    head_write_projection,
+    rank_heads,
+    rank_heads_from_totals,
+    top_write_heads,
+)
+from actcache.solvers.job import SolveResult, SolveSettings, solve_cache, triage_summary
+from actcache.solvers.job_inputs import LabelSpec
+from actcache.solvers.labels import NEGATIVE_ONLY, DocumentLike, LabelSets, Pair, field_labels, story_labels
+from actcache.solvers.layer_pass import LayerPass, LayerStats, PassPlan, subspace_batches
+from actcache.solvers.memory import parse_bytes
+from actcache.solvers.pooling import Pooling, parse_pooling
+from actcache.solvers.quality import (
     concept_quality,
     middle_layer,
     nearest_concepts,
@@ -36,11 +42,11 @@ from solvers.quality import (
     triage,
     variance_ratios,
 )
-from solvers.readout import Readout, read_readout, write_readout
-from solvers.report import triage_report
-from solvers.ridge import RidgeResult, ridge_reconstruction
-from solvers.stats import MomentTotals, PooledStore, ProjectorTotals
-from solvers.subspace import (
+from actcache.solvers.readout import Readout, read_readout, write_readout
+from actcache.solvers.report import triage_report
+from actcache.solvers.ridge import RidgeResult, ridge_reconstruction
+from actcache.solvers.stats import MomentTotals, PooledStore, ProjectorTotals
+from actcache.solvers.subspace import (
     SubspaceEigen,
     SubspaceResult,
     oriented_direction,
@@ -48,8 +54,8 @@ from solvers.subspace import (
     subspace_eigen,
     trajectory_basis,
 )
-from solvers.sweep import SweepResult, SweepSettings, sweep_cache
-from solvers.weights import LayerWeights, WeightLookup
+from actcache.solvers.sweep import SweepResult, SweepSettings, sweep_cache
+from actcache.solvers.weights import LayerWeights, WeightLookup
 
 __all__ = [
     "WeightLookup",

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from actcache.solvers.caa import normalize
+from actcache.solvers.errors import SolverInputError
+from actcache.solvers.labels import LabelSets
+from actcache.solvers.stats import PooledStore
 from torch import Tensor
-
-from solvers.caa import normalize
-from solvers.errors import SolverInputError
-from solvers.labels import LabelSets
-from solvers.stats import PooledStore
 
 Aggregator = Callable[[Tensor, Tensor], Tensor]
 

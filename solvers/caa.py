@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
+from actcache.solvers.stats import MomentTotals
 from torch import Tensor
-
-from solvers.stats import MomentTotals
 
 NORM_FLOOR = 1e-6
 

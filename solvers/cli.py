@@ -57,19 +57,19 @@ def register(subparsers: Any) -> None:
 
 
 def _labels(args: argparse.Namespace) -> Any:
-    from solvers.job_inputs import LabelSpec
+    from actcache.solvers.job_inputs import LabelSpec
 
     return LabelSpec(args.label_field, args.positive, args.split_field, args.min_positives, args.concepts)
 
 
 def _memory(args: argparse.Namespace) -> int | None:
-    from solvers.memory import parse_bytes
+    from actcache.solvers.memory import parse_bytes
 
     return None if args.max_memory is None else parse_bytes(args.max_memory)
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from solvers.job import SolveSettings, solve_cache
+    from actcache.solvers.job import SolveSettings, solve_cache
 
     settings = SolveSettings(methods=args.methods, layers=args.layers, pooling=args.pooling, readout=args.readout,
                              aggregators=args.aggregator, labels=_labels(args), max_memory=_memory(args),
@@ -80,7 +80,7 @@ def run_solve(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from solvers.sweep import SweepSettings, sweep_cache
+    from actcache.solvers.sweep import SweepSettings, sweep_cache
 
     settings = SweepSettings(poolings=args.poolings, methods=args.methods, layers=args.layers, labels=_labels(args),
                              max_memory=_memory(args), device=args.device, workers=args.workers,

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from actcache.solvers.stats import MomentTotals
 from torch import Tensor
-
-from solvers.stats import MomentTotals
 
 STD_FLOOR = 1e-6
 

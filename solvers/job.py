@@ -14,13 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
-from solvers.aggregators import AGGREGATORS
-from solvers.errors import SolverInputError
-from solvers.executor import Executor, make_executor, torch_threads
-from solvers.heads import head_write_projection, rank_heads_from_totals, top_write_heads
-from solvers.job_inputs import (
+from actcache.solvers.aggregators import AGGREGATORS
+from actcache.solvers.errors import SolverInputError
+from actcache.solvers.executor import Executor, make_executor, torch_threads
+from actcache.solvers.heads import head_write_projection, rank_heads_from_totals, top_write_heads
+from actcache.solvers.job_inputs import (
     LabelSpec,
     build_labels,
     check_new_output,
@@ -29,9 +27,9 @@ from solvers.job_inputs import (
     resolve_device,
     resolve_layers,
 )
-from solvers.labels import LabelSets
-from solvers.layer_pass import PassPlan, subspace_batches
-from solvers.layer_solve import (
+from actcache.solvers.labels import LabelSets
+from actcache.solvers.layer_pass import PassPlan, subspace_batches
+from actcache.solvers.layer_solve import (
     VECTOR_METHODS,
     Stream,
     heldout_scores,
@@ -39,13 +37,14 @@ from solvers.layer_solve import (
     read_layer,
     subspace_eigens,
 )
-from solvers.memory import MemoryPlan, pin_malloc_thresholds, plan_memory
-from solvers.pooling import Pooling
-from solvers.quality import concept_quality, middle_layer, nearest_concepts, neuron_alignment, story_statistics
-from solvers.readout import Readout, write_readout
-from solvers.report import triage_report
-from solvers.ridge import ridge_reconstruction
-from solvers.weights import LayerWeights
+from actcache.solvers.memory import MemoryPlan, pin_malloc_thresholds, plan_memory
+from actcache.solvers.pooling import Pooling
+from actcache.solvers.quality import concept_quality, middle_layer, nearest_concepts, neuron_alignment, story_statistics
+from actcache.solvers.readout import Readout, write_readout
+from actcache.solvers.report import triage_report
+from actcache.solvers.ridge import ridge_reconstruction
+from actcache.solvers.weights import LayerWeights
+from torch import Tensor
 
 __all__ = ["CORE_METHODS", "SolveSettings", "SolveResult", "resolve_methods", "solve_cache", "triage_summary"]
 
@@ -165,7 +164,7 @@ class _Context:
 def solve_cache(cache_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 settings: SolveSettings | None = None) -> SolveResult:
     """Solve a cache into `out_dir` (which must not exist): readouts, quality.json and report.md."""
-    from storage import open_cache
+    from actcache.storage import open_cache
 
     settings = settings or SolveSettings()
     started = time.perf_counter()

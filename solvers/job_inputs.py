@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from solvers.errors import SolverInputError
-from solvers.labels import LabelSets, field_labels, story_labels
-from solvers.pooling import Pooling, parse_pooling
-from storage.selection import select_layers
+from actcache.solvers.errors import SolverInputError
+from actcache.solvers.labels import LabelSets, field_labels, story_labels
+from actcache.solvers.pooling import Pooling, parse_pooling
+from actcache.storage.selection import select_layers
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
-from solvers.errors import SolverInputError
+from actcache.solvers.errors import SolverInputError
 
 NEGATIVE_ONLY = -1  # concept_of value of a document that is a negative for every concept
 

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from actcache.solvers.aggregators import pair_store
+from actcache.solvers.errors import SolverInputError
+from actcache.solvers.labels import NEGATIVE_ONLY, LabelSets
+from actcache.solvers.pooling import Pooling
+from actcache.solvers.stats import Device, MomentTotals, PooledStore, ProjectorTotals
+from actcache.solvers.subspace import trajectory_basis
 from torch import Tensor
-
-from solvers.aggregators import pair_store
-from solvers.errors import SolverInputError
-from solvers.labels import NEGATIVE_ONLY, LabelSets
-from solvers.pooling import Pooling
-from solvers.stats import Device, MomentTotals, PooledStore, ProjectorTotals
-from solvers.subspace import trajectory_basis
 
 
 @dataclass(frozen=True)

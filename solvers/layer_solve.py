@@ -12,20 +12,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from actcache.solvers.aggregators import AGGREGATORS, paired_samples
+from actcache.solvers.caa import caa_directions
+from actcache.solvers.evaluate import projection_auroc
+from actcache.solvers.executor import Executor
+from actcache.solvers.labels import LabelSets
+from actcache.solvers.layer_pass import LayerPass, LayerStats, PassPlan
+from actcache.solvers.pooling import Pooling
+from actcache.solvers.stats import MomentTotals, ProjectorTotals
+from actcache.solvers.subspace import SubspaceEigen, oriented_direction, subspace_eigen
 from torch import Tensor
 
-from solvers.aggregators import AGGREGATORS, paired_samples
-from solvers.caa import caa_directions
-from solvers.evaluate import projection_auroc
-from solvers.executor import Executor
-from solvers.labels import LabelSets
-from solvers.layer_pass import LayerPass, LayerStats, PassPlan
-from solvers.pooling import Pooling
-from solvers.stats import MomentTotals, ProjectorTotals
-from solvers.subspace import SubspaceEigen, oriented_direction, subspace_eigen
-
 if TYPE_CHECKING:
-    from storage import CacheReader
+    from actcache.storage import CacheReader
 
 VECTOR_METHODS = ("caa", "subspace", *AGGREGATORS)
 

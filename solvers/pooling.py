@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from actcache.solvers.errors import SolverInputError
 from torch import Tensor
-
-from solvers.errors import SolverInputError
 
 PoolingKind = Literal["last", "mean", "mean-skip", "span"]
 _SYNTAX = '"last", "mean", "mean-skip:K" or "span:A:B" (tokens A..B-1, 0-based)'

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from actcache.solvers.caa import normalize
 from torch import Tensor
-
-from solvers.caa import normalize
 
 CLEAN_PC, FRAGMENTED_PC = 0.7, 0.4
 REDUNDANT_R2, CONTAMINATED_COS, SINGLE_NEURON_COS = 0.9, 0.8, 0.6

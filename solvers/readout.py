@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from actcache.solvers.caa import normalize
+from actcache.solvers.errors import SolverInputError
 from torch import Tensor
-
-from solvers.caa import normalize
-from solvers.errors import SolverInputError
 
 DTYPE = "float16"
 

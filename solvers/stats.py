@@ -17,9 +17,8 @@ import random
 from collections.abc import Iterable, Mapping
 
 import torch
+from actcache.solvers.labels import NEGATIVE_ONLY
 from torch import Tensor
-
-from solvers.labels import NEGATIVE_ONLY
 
 Device = str | torch.device
 
@@ -139,7 +138,7 @@ class ProjectorTotals:
     `with_total` keeps T (every fitted document, d x d); `concepts` lists the concepts whose T_c (d x d each)
     is kept. A pass that tracks every concept decomposes each document once; under a memory budget the
     caller tracks a few concepts per pass and, in later passes, feeds only those concepts' positives into
-    a `ProjectorTotals(with_total=False)` (see `solvers.layer_pass.subspace_batches`).
+    a `ProjectorTotals(with_total=False)` (see `actcache.solvers.layer_pass.subspace_batches`).
 
     Bases are buffered up to `flush_columns` columns and added with one (d, K) x (K, d) product per
     total, so the d x d float64 accumulators are touched once per flush, not once per document.

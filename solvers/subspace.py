@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from actcache.solvers.caa import normalize
 from torch import Tensor
-
-from solvers.caa import normalize
 
 REL_TOL = 1e-6  # Deviation 1: singular values <= REL_TOL x the largest are dropped
 

@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-
-from solvers.aggregators import AGGREGATORS
-from solvers.errors import SolverInputError
-from solvers.executor import make_executor, torch_threads
-from solvers.job_inputs import (
+from actcache.solvers.aggregators import AGGREGATORS
+from actcache.solvers.errors import SolverInputError
+from actcache.solvers.executor import make_executor, torch_threads
+from actcache.solvers.job_inputs import (
     LabelSpec,
     build_labels,
     check_new_output,
@@ -31,10 +29,18 @@ from solvers.job_inputs import (
     resolve_device,
     resolve_layers,
 )
-from solvers.layer_pass import PassPlan, subspace_batches
-from solvers.layer_solve import VECTOR_METHODS, Stream, heldout_scores, layer_vectors, read_layer, subspace_eigens
-from solvers.memory import pin_malloc_thresholds, plan_memory
-from solvers.readout import Readout, write_readout
+from actcache.solvers.layer_pass import PassPlan, subspace_batches
+from actcache.solvers.layer_solve import (
+    VECTOR_METHODS,
+    Stream,
+    heldout_scores,
+    layer_vectors,
+    read_layer,
+    subspace_eigens,
+)
+from actcache.solvers.memory import pin_malloc_thresholds, plan_memory
+from actcache.solvers.readout import Readout, write_readout
+from torch import Tensor
 
 __all__ = ["SweepSettings", "SweepResult", "sweep_cache", "variant_name"]
 
@@ -101,7 +107,7 @@ def comparison_table(result: SweepResult) -> str:
 def sweep_cache(cache_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 settings: SweepSettings | None = None) -> SweepResult:
     """Compute every (pooling, method) variant at every layer with one read per stream; write and compare."""
-    from storage import open_cache
+    from actcache.storage import open_cache
 
     settings = settings or SweepSettings()
     started = time.perf_counter()

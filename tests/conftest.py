@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _materialised(name: str) -> Path:
-    from cache_builder.model_source import resolve_model
+    from actcache.cache_builder.model_source import resolve_model
 
     return resolve_model(name).path
 

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from cache_builder.build import build_cache
-from cache_builder.corpus import DEMO_CORPUS, load_corpus
-from cache_builder.model_source import load_model, load_tokenizer, resolve_model
-from cache_builder.planning import plan_units, tokenize_documents
-from cache_builder.runner import pad_batch
-from cache_builder.settings import BuildSettings
-from storage import open_cache
+from actcache.cache_builder.build import build_cache
+from actcache.cache_builder.corpus import DEMO_CORPUS, load_corpus
+from actcache.cache_builder.model_source import load_model, load_tokenizer, resolve_model
+from actcache.cache_builder.planning import plan_units, tokenize_documents
+from actcache.cache_builder.runner import pad_batch
+from actcache.cache_builder.settings import BuildSettings
+from actcache.storage import open_cache
 
 
 def write_bench_corpus(folder: Path, copies: int) -> Path:

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import torch
+from actcache.cache_builder.build import build_cache, parse_layers, prepare_build
+from actcache.cache_builder.model_source import load_model, resolve_model
+from actcache.cache_builder.settings import BuildSettings
+from actcache.cluster.pipeline import Backbone, stage_ranges
+from actcache.cluster.ray_connect import connect
 from bench_build import write_bench_corpus
-
-from cache_builder.build import build_cache, parse_layers, prepare_build
-from cache_builder.model_source import load_model, resolve_model
-from cache_builder.settings import BuildSettings
-from cluster.pipeline import Backbone, stage_ranges
-from cluster.ray_connect import connect
 
 LAYOUTS = (("pipeline S=2", 2, 1), ("pipeline S=3", 3, 1), ("replicas R=2 (S=1)", 1, 2))
 

@@ -48,11 +48,10 @@ class Phase:
 def rerun_variant(model, token_ids, labels, layers, width, pooling, method) -> dict:
     """One variant the reference way: forward every fitted document through the full model, then solve."""
     import torch
-
-    from solvers import LayerPass, PassPlan
-    from solvers.executor import LocalExecutor
-    from solvers.layer_solve import layer_vectors
-    from solvers.subspace import subspace_eigen
+    from actcache.solvers import LayerPass, PassPlan
+    from actcache.solvers.executor import LocalExecutor
+    from actcache.solvers.layer_solve import layer_vectors
+    from actcache.solvers.subspace import subspace_eigen
 
     plan = PassPlan((pooling,), pairs=method not in ("caa", "subspace"),
                     subspace_concepts=tuple(range(len(labels.concepts))) if method == "subspace" else None)
@@ -92,14 +91,13 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from actcache.cache_builder.build import BuildSettings, build_cache
+    from actcache.cache_builder.corpus import DEMO_CORPUS
+    from actcache.cache_builder.model_source import resolve_model
+    from actcache.solvers import parse_pooling, read_readout, story_labels
+    from actcache.solvers.sweep import SweepSettings, sweep_cache, variant_name
+    from actcache.storage import open_cache
     from transformers import AutoModelForCausalLM
-
-    from cache_builder.build import BuildSettings, build_cache
-    from cache_builder.corpus import DEMO_CORPUS
-    from cache_builder.model_source import resolve_model
-    from solvers import parse_pooling, read_readout, story_labels
-    from solvers.sweep import SweepSettings, sweep_cache, variant_name
-    from storage import open_cache
 
     torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from actcache.actcache_cli import main
+from actcache.storage import open_cache
 from build_fixtures import TEXTS, write_jsonl_corpus
-
-from actcache_cli import main
-from storage import open_cache
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -104,14 +103,15 @@ def test_full_disk_fails_cleanly_and_keeps_committed_work(tiny_llama_dir: Path, 
     big = write_jsonl_corpus(tmp_path / "big.jsonl", [t * 10 for t in TEXTS] + TEXTS[:2])
     disk = tmp_path / "disk"
     disk.mkdir()
-    build = (f"{sys.executable} -m actcache_cli build --model {tiny_llama_dir} --out {disk}/cache --no-progress "
+    build = (f"{sys.executable} -m actcache.actcache_cli build --model {tiny_llama_dir} --out {disk}/cache "
+             "--no-progress "
              "--max-length 4096")
     script = (
         f"mount -t tmpfs -o size=600k tmpfs {disk} && "
         f"{build} --corpus {small} && echo FIRST-OK && "
         f"{{ {build} --corpus {big} --unit-tokens 64; echo APPEND-EXIT=$?; }} && "
-        f"{sys.executable} -m actcache_cli verify --no-progress {disk}/cache && "
-        f"{sys.executable} -m actcache_cli info --json {disk}/cache"
+        f"{sys.executable} -m actcache.actcache_cli verify --no-progress {disk}/cache && "
+        f"{sys.executable} -m actcache.actcache_cli info --json {disk}/cache"
     )
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     out = result.stdout + result.stderr

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from actcache.cache_builder.build import BuildSettings, build_cache
+from actcache.storage import open_cache
 from build_fixtures import TEXTS, reference_activations, write_jsonl_corpus
-
-from cache_builder.build import BuildSettings, build_cache
-from storage import open_cache
 
 
 def _build(model_dir: Path, tmp_path: Path, name: str, **overrides) -> Path:
@@ -58,10 +57,10 @@ def test_batch_composition_and_padding_side_change_nothing(tiny_llama_dir: Path,
 
 
 def test_bfloat16_stores_the_model_bits_exactly(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from cache_builder.build import capture_batch
-    from cache_builder.model_source import load_model, resolve_model
-    from cache_builder.planning import TokenizedDoc
-    from cache_builder.runner import DecoderStack
+    from actcache.cache_builder.build import capture_batch
+    from actcache.cache_builder.model_source import load_model, resolve_model
+    from actcache.cache_builder.planning import TokenizedDoc
+    from actcache.cache_builder.runner import DecoderStack
 
     cache = open_cache(_build(tiny_llama_dir, tmp_path, "bf16", dtype="bfloat16", batch_size=1))
     assert cache.dtype == "bfloat16"

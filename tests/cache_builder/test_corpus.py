@@ -8,8 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from cache_builder.corpus import (
+from actcache.cache_builder.corpus import (
     DEMO_CORPUS,
     CorpusError,
     CorpusWarning,

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-
-from cache_builder.make_model import _build_tiny, make_model
-from cache_builder.model_registry import load_model_spec
-from cache_builder.model_source import (
+from actcache.cache_builder.make_model import _build_tiny, make_model
+from actcache.cache_builder.model_registry import load_model_spec
+from actcache.cache_builder.model_source import (
     SPEC_STAMP,
     ModelError,
     ResolvedModel,
@@ -31,7 +29,8 @@ from cache_builder.model_source import (
     tokenizer_fingerprint,
     weight_files,
 )
-from cache_builder.tokenizer_training import train_tokenizer
+from actcache.cache_builder.tokenizer_training import train_tokenizer
+from safetensors import safe_open
 
 
 def _sha256_tree(path: Path) -> dict[str, str]:

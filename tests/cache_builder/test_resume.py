@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from actcache.cache_builder.build import BuildSettings, build_cache
+from actcache.cache_builder.corpus import DEMO_CORPUS
+from actcache.storage import open_cache, verify_cache
 from build_fixtures import TEXTS, write_jsonl_corpus
 
-from cache_builder.build import BuildSettings, build_cache
-from cache_builder.corpus import DEMO_CORPUS
-from storage import open_cache, verify_cache
-
-ACTCACHE = [sys.executable, "-m", "actcache_cli"]
+ACTCACHE = [sys.executable, "-m", "actcache.actcache_cli"]
 
 
 def _build_command(model_dir: Path, corpus: Path, out: Path) -> list[str]:

@@ -9,12 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-
-from cache_builder.settings import BuildSettings
-from storage import open_cache
-from storage.commit_log import LocalCommitLog
-from storage.index import CommitIndex
-from storage.layout import COMMITS
+from actcache.cache_builder.settings import BuildSettings
+from actcache.storage import open_cache
+from actcache.storage.commit_log import LocalCommitLog
+from actcache.storage.index import CommitIndex
+from actcache.storage.layout import COMMITS
 
 
 def settings_for(model: Path | str, corpus: Path, out: Path, **overrides: object) -> BuildSettings:

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from actcache.cache_builder.build import build_cache
 from cluster_helpers import settings_for, single_threaded
-
-from cache_builder.build import build_cache
 
 SENTIMENT = Path(__file__).resolve().parent.parent / "data" / "sentiment.jsonl"
 NODE = {"num_cpus": 4, "num_gpus": 4, "object_store_memory": 256 * 2**20}

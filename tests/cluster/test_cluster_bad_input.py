@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from actcache.cache_builder.model_source import ModelError
+from actcache.cluster.partition import PlanError
+from actcache.cluster.pipeline import build_distributed
+from actcache.cluster.ray_connect import ClusterError
 from cluster_helpers import settings_for
-
-from cache_builder.model_source import ModelError
-from cluster.partition import PlanError
-from cluster.pipeline import build_distributed
-from cluster.ray_connect import ClusterError
 
 
 def _one_line(error: pytest.ExceptionInfo[BaseException]) -> str:

@@ -10,13 +10,12 @@ import threading
 import time
 from pathlib import Path
 
+from actcache.cache_builder.build import prepare_build
+from actcache.cache_builder.model_source import resolve_model
+from actcache.cluster.pipeline import Backbone, PipelineReport, build_distributed, stage_ranges
+from actcache.storage import verify_cache
+from actcache.storage.layout import COMMITS
 from cluster_helpers import assert_same_cache, settings_for
-
-from cache_builder.build import prepare_build
-from cache_builder.model_source import resolve_model
-from cluster.pipeline import Backbone, PipelineReport, build_distributed, stage_ranges
-from storage import verify_cache
-from storage.layout import COMMITS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +67,7 @@ def test_sigkill_a_stage_mid_build(ray_cluster: object, tiny_moe_dir: Path, corp
 _DRIVER = """
 import sys
 from cluster_helpers import settings_for
-from cluster.pipeline import build_distributed
+from actcache.cluster.pipeline import build_distributed
 model, corpus, out, address = sys.argv[1:5]
 build_distributed(settings_for(model, corpus, out), stages=2, address=address)
 """

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from actcache.cache_builder.model_source import load_model, resolve_model
+from actcache.cache_builder.partial_load import EMBED, checkpoint_tensors, key_owner, layer_bytes, load_layers
 from cluster_helpers import make_fp8_checkpoint
-
-from cache_builder.model_source import load_model, resolve_model
-from cache_builder.partial_load import EMBED, checkpoint_tensors, key_owner, layer_bytes, load_layers
 
 MIB = 2**20
 
@@ -23,8 +22,8 @@ MIB = 2**20
 # Imports, the meta skeleton and a first forward are paid before by one small layer.
 _MEASURE = """
 import json, sys, torch
-from cache_builder.model_source import resolve_model
-from cache_builder.partial_load import load_layers
+from actcache.cache_builder.model_source import resolve_model
+from actcache.cache_builder.partial_load import load_layers
 
 def resident():
     lines = [l.split(":") for l in open("/proc/self/status") if l.startswith(("RssAnon", "RssFile"))]

@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from actcache.cache_builder.build import build_cache, prepare_build
+from actcache.cache_builder.model_source import ResolvedModel, resolve_model
+from actcache.cache_builder.partial_load import EMBED, checkpoint_tensors, key_owner
+from actcache.cluster._stage import StageStats
+from actcache.cluster.pipeline import Backbone, build_distributed, stage_ranges
+from actcache.storage import verify_cache
 from cluster_helpers import assert_same_cache, settings_for, single_threaded
-
-from cache_builder.build import build_cache, prepare_build
-from cache_builder.model_source import ResolvedModel, resolve_model
-from cache_builder.partial_load import EMBED, checkpoint_tensors, key_owner
-from cluster._stage import StageStats
-from cluster.pipeline import Backbone, build_distributed, stage_ranges
-from storage import verify_cache
 
 MODEL_FIXTURES = {"tiny-llama": "tiny_llama_dir", "tiny-qwen3-moe": "tiny_moe_dir"}
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from cache_builder.build import BuildSettings, build_cache
+from actcache.cache_builder.build import BuildSettings, build_cache
 
 CONCEPTS = ("anger", "fear", "joy")
 _WORDS = {
@@ -190,8 +189,8 @@ def random_cache(path: Path, metas: list[dict], lengths: list[int], *, width: in
                  ) -> Path:
     """A cache of random activations (one committed unit per 200 documents); positives of concept c get
     `concept_shift` added along a fixed random direction so that solvers have something to find."""
-    from storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
-    from storage.layout import activation_name
+    from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+    from actcache.storage.layout import activation_name
 
     rng = np.random.default_rng(seed)
     widths = {"resid_post": width, "attn_z": attn_heads * head_dim}

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from actcache import actcache_cli
 from job_fixtures import random_cache, story_metas
-
-import actcache_cli
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ LIMIT = 96 * 10**6
 SOLVE = """
 import json, re, sys
 import torch, numpy, zarr, storage
-from solvers.job import SolveSettings, solve_cache
+from actcache.solvers.job import SolveSettings, solve_cache
 torch.set_num_threads(1)  # as the solve runs (SolveSettings.threads)
 torch.linalg.svd(torch.ones(2, 2)); torch.linalg.eigh(torch.eye(2, dtype=torch.float64))
 torch.linalg.svdvals(torch.ones(2, 2))

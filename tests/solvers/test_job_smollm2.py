@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from actcache.solvers import projection_auroc, read_readout
+from actcache.solvers.job import SolveResult, SolveSettings, solve_cache
+from actcache.solvers.job_inputs import LabelSpec
+from actcache.storage import open_cache
 from job_fixtures import (
     build,
     cosine,
@@ -18,11 +22,6 @@ from job_fixtures import (
     reference_quality,
     reference_subspace,
 )
-
-from solvers import projection_auroc, read_readout
-from solvers.job import SolveResult, SolveSettings, solve_cache
-from solvers.job_inputs import LabelSpec
-from storage import open_cache
 
 SENTIMENT = Path(__file__).resolve().parent.parent / "data" / "sentiment.jsonl"
 LAYERS = [8, 15]  # 15 is the middle of SmolLM2's 30 layers

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from actcache.solvers import read_readout
+from actcache.solvers.job import SolveSettings, solve_cache
+from actcache.solvers.job_inputs import LabelSpec
+from actcache.solvers.sweep import SweepSettings, sweep_cache
+from actcache.storage import open_cache
 from job_fixtures import (
     CONCEPTS,
     build,
@@ -21,12 +26,6 @@ from job_fixtures import (
     reference_subspace,
     story_jsonl,
 )
-
-from solvers import read_readout
-from solvers.job import SolveSettings, solve_cache
-from solvers.job_inputs import LabelSpec
-from solvers.sweep import SweepSettings, sweep_cache
-from storage import open_cache
 
 LAYERS = [1, 3]
 METHODS = ("caa", "subspace", "heads", "ridge", "quality")
@@ -95,7 +94,7 @@ def test_sweep_reads_each_stream_once_and_matches_solve(tiny_caches, tmp_path, m
     labels = LabelSpec(split_field="split")
     solve_cache(cache_path, tmp_path / "solve", SolveSettings(methods=("caa", "subspace"), pooling="mean",
                                                                layers="1,3", labels=labels))
-    from storage.reader import CacheReader
+    from actcache.storage.reader import CacheReader
 
     reads: list[tuple[str, int]] = []
     original = CacheReader.iter_activations

@@ -4,9 +4,8 @@ missing files reported as null with the reason."""
 from __future__ import annotations
 
 import torch
+from actcache.solvers.weights import LayerWeights
 from safetensors.torch import save_file
-
-from solvers.weights import LayerWeights
 
 
 def test_reads_only_the_named_tensors_across_shards(tmp_path):

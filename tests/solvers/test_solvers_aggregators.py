@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import steering_vectors as sv
 import torch
-from sklearn.decomposition import PCA
-
-from solvers import (
+from actcache.solvers import (
     AGGREGATORS,
     LayerPass,
     PassPlan,
@@ -24,6 +22,7 @@ from solvers import (
     pca_diff_aggregator,
     story_labels,
 )
+from sklearn.decomposition import PCA
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import torch
-
-from solvers import (
+from actcache.solvers import (
     LayerPass,
     PassPlan,
     Readout,

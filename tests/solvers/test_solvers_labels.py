@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-
-from solvers import NEGATIVE_ONLY, SolverInputError, field_labels, story_labels
+from actcache.solvers import NEGATIVE_ONLY, SolverInputError, field_labels, story_labels
 
 
 @dataclass(frozen=True)

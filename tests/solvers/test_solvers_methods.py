@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from solvers import (
+from actcache.solvers import (
     LayerPass,
     PassPlan,
     caa_directions,
@@ -192,7 +191,7 @@ def test_heads_match_reference_and_find_planted_head(corpus):
 
 
 def test_heads_reject_width_not_multiple_of_heads():
-    from solvers import rank_heads
+    from actcache.solvers import rank_heads
 
     with pytest.raises(ValueError, match="not a multiple of n_heads=5"):
         rank_heads(torch.ones(12), torch.ones(12), 5)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from solvers import Pooling, SolverInputError, parse_pooling
+from actcache.solvers import Pooling, SolverInputError, parse_pooling
 
 
 @pytest.mark.parametrize("text", ["last", "mean", "mean-skip:0", "mean-skip:3", "span:0:1", "span:2:5"])

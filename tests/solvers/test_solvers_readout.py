@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
+from actcache.solvers import Readout, SolverInputError, read_readout, triage_report, write_readout
 from safetensors.torch import load_file
-
-from solvers import Readout, SolverInputError, read_readout, triage_report, write_readout
 
 
 def _readout(scale: float = 3.0) -> Readout:

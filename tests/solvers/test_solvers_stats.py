@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from solvers import (
+from actcache.solvers import (
     NEGATIVE_ONLY,
     LayerPass,
     MomentTotals,

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
-from storage.layout import activation_name
+from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+from actcache.storage.layout import activation_name
 
 WIDTHS = {"resid_post": 16, "attn_z": 12}
 

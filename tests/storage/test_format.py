@@ -9,14 +9,13 @@ import pytest
 import torch
 import xarray as xr
 import zarr
-from storage_fixtures import WIDTHS, WrittenCache, make_fingerprint, write_unit
-
-from storage import (
+from actcache.storage import (
     CacheWriter,
     FingerprintMismatchError,
     NotACacheError,
     open_cache,
 )
+from storage_fixtures import WIDTHS, WrittenCache, make_fingerprint, write_unit
 
 
 def test_every_document_reads_back_exactly(written_cache: WrittenCache) -> None:
@@ -59,7 +58,7 @@ def test_writer_accepts_bf16_tensors(tmp_path) -> None:
     writer = CacheWriter.open(tmp_path / "c", make_fingerprint("bfloat16", layers=(0,)))
     values = {name: torch.randn(50, WIDTHS[name.split("/")[0]]).to(torch.bfloat16)
               for name in ("resid_post/layer_0", "attn_z/layer_0")}
-    from storage import DocRecord
+    from actcache.storage import DocRecord
 
     docs = [DocRecord("k", 50)]
     segment = writer.begin_segment("u", docs, np.zeros(50, dtype=np.int64))
@@ -127,7 +126,7 @@ def test_plain_zarr_and_xarray_read_the_cache(written_cache: WrittenCache) -> No
 
 
 def test_gc_removes_only_old_uncommitted_segments(written_cache: WrittenCache) -> None:
-    from storage.gc import collect_garbage
+    from actcache.storage.gc import collect_garbage
 
     writer = CacheWriter.open(written_cache.path, make_fingerprint())
     crashed = write_unit(writer, "unit-crashed", [64], np.random.default_rng(4),
@@ -136,6 +135,6 @@ def test_gc_removes_only_old_uncommitted_segments(written_cache: WrittenCache) -
     assert collect_garbage(written_cache.path, older_than_s=0) == [crashed]
     cache = open_cache(written_cache.path)
     assert cache.info()["uncommitted_segments"] == 0 and cache.n_documents == len(written_cache.docs)
-    from storage import verify_cache
+    from actcache.storage import verify_cache
 
     assert verify_cache(written_cache.path).ok

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
+from actcache.storage import verify_cache
 from storage_fixtures import WrittenCache
-
-from storage import verify_cache
 
 
 def _chunk_file(cache: WrittenCache, unit: str, name: str, index: int):
