@@ -8,13 +8,6 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-# Errors that are the user's input, not our bugs: printed as one line, exit code 2.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from actcache.cache_builder.corpus import CorpusError
-    from actcache.cache_builder.model_source import ModelError
-    from actcache.storage import CacheError
-
-    return (CacheError, CorpusError, ModelError, ValueError, KeyError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,12 +75,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from actcache.storage.errors import InputError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except _user_errors() as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"actcache: error: {message}", file=sys.stderr)
+    except InputError as error:  # the user's input, not our bug: one line (--debug/ACTCACHE_DEBUG=1 adds the trace)
+        print(f"actcache: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("actcache: interrupted; committed work is kept, rerun the same command to resume", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from actcache.storage.errors import InputError
 
 __all__ = ["ModelSpec", "CONFIG_DIR", "list_model_names", "load_model_spec", "ModelSpecError"]
 
@@ -15,7 +16,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 ModelKind = Literal["tiny", "gguf", "reference"]
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(InputError):
     """A model name or model YAML that cannot be used."""
 
 

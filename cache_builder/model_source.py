@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actcache.cache_builder.model_registry import ModelSpec, list_model_names, load_model_spec
+from actcache.storage.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -49,7 +50,7 @@ SAMPLE_BLOCKS = 4  # blocks sampled per weight file, evenly spaced from the firs
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_model_name_or_path", "_commit_hash")
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model that cannot be resolved, built or loaded; the message names the fix."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from actcache.storage.errors import InputError
 
-class PlanError(ValueError):
+
+class PlanError(InputError):
     """A plan that cannot run (does not fit, bad layout, unknown hook): the message names the fix."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import socket
 
+from actcache.storage.errors import InputError
+
 __all__ = ["ClusterError", "CONNECT_TIMEOUT_S", "check_reachable", "connect", "resolve_address"]
 
 CONNECT_TIMEOUT_S = 5.0
 
 
-class ClusterError(ValueError):
+class ClusterError(InputError):
     """The Ray cluster cannot run this build (unreachable, too small); the message says what to change."""
 
 

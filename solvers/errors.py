@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from actcache.storage.errors import InputError
 
-class SolverInputError(ValueError):
+
+class SolverInputError(InputError):
     """Input the solvers cannot use (missing labels, a document too short for the pooling, ...)."""

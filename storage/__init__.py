@@ -2,7 +2,14 @@
 
 import warnings
 
-from .errors import CacheError, CorruptCacheError, DiskFullError, FingerprintMismatchError, NotACacheError
+from .errors import (
+    CacheError,
+    CorruptCacheError,
+    DiskFullError,
+    FingerprintMismatchError,
+    InputError,
+    NotACacheError,
+)
 from .fingerprint import CacheFingerprint, CaptureSpec
 from .reader import CacheReader, Document, open_cache
 from .records import ArrayManifest, ArraySpec, DocRecord
@@ -26,6 +33,7 @@ __all__ = [
     "DocRecord",
     "Document",
     "FingerprintMismatchError",
+    "InputError",
     "NotACacheError",
     "VerifyReport",
     "open_cache",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "InputError",
     "CacheError",
     "NotACacheError",
     "FingerprintMismatchError",
@@ -14,7 +15,15 @@ __all__ = [
 ]
 
 
-class CacheError(Exception):
+class InputError(ValueError):
+    """Base of every error that is the user's input, not our bug: the command line prints it as one line.
+
+    Every package's input errors derive from it (it lives here, at the bottom of the import graph); anything else
+    that escapes a command is a bug and shows its traceback.
+    """
+
+
+class CacheError(InputError):
     """Base of every storage error."""
 
 

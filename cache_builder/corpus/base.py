@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actcache.storage.errors import InputError
+
 __all__ = [
     "CorpusError",
     "CorpusLoader",
@@ -19,7 +21,7 @@ __all__ = [
 ]
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus path that cannot be turned into documents."""
 
 
