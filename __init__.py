@@ -7,17 +7,13 @@ name beside this file; nothing heavy is imported until it is used, so the comman
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the exports; at run time each is imported on first use (actcache/_lazy.py)
     from .storage import CacheReader, open_cache
+else:
+    from ._lazy import lazy_exports
+
+    __getattr__, __dir__ = lazy_exports(__name__, __file__)
 
 __all__ = ["CacheReader", "open_cache"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import storage
-
-        return getattr(storage, name)
-    raise AttributeError(f"module 'actcache' has no attribute {name!r}")

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import textwrap
+import traceback
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
+_DEBUG_HELP = "show the traceback of every error, input errors included (also ACTCACHE_DEBUG=1)"
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, so nobody has to read the code to learn it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if not action.option_strings or any(default is v for v in (None, False, argparse.SUPPRESS)) \
+                or "%(default)" in help_text:
+            return help_text
+        shown = (",".join(map(str, default)) or "none") if isinstance(default, list | tuple) else str(default)
+        return f"{help_text} (default: {shown.replace('%', '%%')})"  # help strings are %-formatted by argparse
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)  # `mean-skip:1` stays whole
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command line's parser (its subcommands' too): defaults in --help, negative layer lists as values."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+        # Python 3.13's rule, which 3.11 and 3.12 lack: `--layers -2,-1` is a value (as `--layers -1` already is),
+        # not an unknown option; no actcache option looks like a negative number.
+        self._negative_number_matcher = re.compile(r"-\.?\d")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     from actcache.solvers import cli as solvers_cli
     from actcache.storage import cli as storage_cli
 
-    parser = argparse.ArgumentParser(prog="actcache", description=__doc__)
+    parser = _Parser(prog="actcache", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="capture activations of a corpus into a cache (resumable, appendable)")
@@ -25,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_run_build)
 
     demo = sub.add_parser("demo", help="build the bundled demo corpus with SmolLM2, solve it, show the readout")
-    demo.add_argument("--out", default="actcache-demo", help="output folder (default: ./actcache-demo)")
+    demo.add_argument("--out", default="actcache-demo", help="output folder, relative to the current folder")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_run_demo)
 
@@ -33,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     storage_cli.register(sub)
     cluster_cli.register(sub)
     solvers_cli.register(sub)
+    for command in sub.choices.values():  # `actcache build ... --debug` as well as `actcache --debug build ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
@@ -46,7 +82,8 @@ def _run_build(args: argparse.Namespace) -> int:
     else:
         from actcache.cluster.pipeline import build_distributed
 
-        report = build_distributed(settings, stages=args.stages or 1, replicas=args.replicas, address=args.address)
+        stages = 1 if args.stages is None else args.stages  # `--stages 0` is refused, not read as 1
+        report = build_distributed(settings, stages=stages, replicas=args.replicas, address=args.address)
     print(report.summary(args.out))
     return 0
 
@@ -75,17 +112,26 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: exit 0, 2 with one line for the user's input errors, 1 with a traceback for our bugs."""
     from actcache.storage.errors import InputError
 
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("ACTCACHE_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args))
-    except InputError as error:  # the user's input, not our bug: one line (--debug/ACTCACHE_DEBUG=1 adds the trace)
+    except InputError as error:  # the user's input, not our bug: one line that names the fix
+        if debug:
+            traceback.print_exc()
         print(f"actcache: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("actcache: interrupted; committed work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception:  # anything else is a bug in actcache: the traceback is what a report needs
+        traceback.print_exc()
+        print("actcache: internal error (a bug, not your input): please report it with the traceback above",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

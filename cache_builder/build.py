@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+from actcache.storage.annotations import relabel
+from actcache.storage.devices import resolve_device
 from actcache.storage.fingerprint import digest
 from actcache.storage.selection import select_layers
 from tqdm import tqdm
@@ -35,10 +37,11 @@ from .model_source import (
 )
 from .planning import TokenizedDoc, Unit, pending_units, plan_units, tokenize_documents
 from .runner import DecoderStack, pad_batch
-from .settings import BuildSettings
+from .settings import BuildSettings, BuildSettingsError
+from .transformers_quiet import quiet_transformers
 
 __all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "build_cache",
-           "capture_batch", "run_unit", "pad_token_id"]
+           "begin_unit", "capture_batch", "run_unit", "pad_token_id"]
 
 
 @dataclass
@@ -49,6 +52,7 @@ class BuildReport:
     units: int = 0
     seconds: float = 0.0
     truncated: list[tuple[str, int, int]] = field(default_factory=list)  # (source, original, kept)
+    relabelled: int = 0  # cached documents whose labels the corpus changed (a new annotation version)
 
     def summary(self, out: str | Path) -> str:
         rate = self.built_tokens / self.seconds if self.seconds else 0.0
@@ -59,6 +63,9 @@ class BuildReport:
         if self.truncated:
             examples = ", ".join(f"{s} ({o} -> {k} tokens)" for s, o, k in self.truncated[:3])
             lines.append(f"truncated {len(self.truncated)} documents longer than --max-length, e.g. {examples}")
+        if self.relabelled:
+            lines.append(f"relabelled {self.relabelled} documents already cached (their corpus labels changed; "
+                         f"`actcache info` lists the label versions)")
         return "\n".join(lines)
 
 
@@ -79,10 +86,11 @@ class PreparedBuild:
 
 
 def parse_layers(layers: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
-    """'all', '8,15' or a list -> sorted unique layer indices, each checked against the model."""
-    wanted, bad = select_layers(layers, range(n_layers))
+    """'all', '8,15', '-1' or a list -> sorted unique layer indices, each checked against the model."""
+    wanted, bad = select_layers(layers, range(n_layers), n_layers)
     if bad:
-        raise ValueError(f"layer(s) {bad} out of range: this model has layers 0..{n_layers - 1}")
+        raise BuildSettingsError(f"layer(s) {bad} out of range: this model has layers 0..{n_layers - 1} "
+                                 f"(or -{n_layers}..-1 from the end)")
     return wanted
 
 
@@ -90,7 +98,7 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
     """Validate every input before the cache is touched, then open it (checking its fingerprint) and plan."""
     hooks = check_hooks(settings.hooks)
     if settings.padding_side not in ("left", "right"):
-        raise ValueError(f"padding side must be left or right, not {settings.padding_side!r}")
+        raise BuildSettingsError(f"padding side must be left or right, not {settings.padding_side!r}")
     model = resolve_model(settings.model)
     tokenizer = load_tokenizer(model)
     model_fp = model_fingerprint(model, settings.dtype)
@@ -120,6 +128,7 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
         (str(d.meta.get("source", d.key)), d.original_tokens, d.n_tokens) for u in units for d in u.docs
         if d.original_tokens > d.n_tokens
     ])
+    report.relabelled = relabel(settings.out, {d.key: d.meta for d in docs}, str(settings.corpus)).relabelled
     return PreparedBuild(settings, model, config, tokenizer, fingerprint, writer, units, report)
 
 
@@ -130,20 +139,28 @@ def _model_source(model: ResolvedModel) -> dict[str, Any]:
 
 def capture_batch(stack: DecoderStack, docs: Sequence[TokenizedDoc], capture: CaptureSpec, pad_id: int,
                   padding_side: str) -> dict[str, torch.Tensor]:
-    """One padded forward up to the deepest captured layer; returns real-token rows per array, docs in order."""
-    input_ids, attention_mask = pad_batch([d.ids for d in docs], pad_id, padding_side)
+    """One padded forward up to the deepest captured layer, on the stack's device; returns real-token rows per
+    array on the CPU (what the writer compresses), docs in order."""
+    input_ids, attention_mask = (t.to(stack.device) for t in pad_batch([d.ids for d in docs], pad_id, padding_side))
     captured = {i: stack.layer_modules[i] for i in capture.layers}
     _, rows = capture_range(stack, input_ids, attention_mask, 0, capture.layers[-1] + 1, captured, capture.hooks,
                             embed=True)
-    return rows
+    return {name: values.cpu() for name, values in rows.items()}  # (n_real, width) each
+
+
+def begin_unit(prepared: PreparedBuild, unit: Unit) -> tuple[str, list[DocRecord]]:
+    """Begin a unit's segment (token ids, and texts unless --no-text); return its id and the unit's records."""
+    records = [DocRecord(d.key, d.n_tokens, d.meta, d.original_tokens) for d in unit.docs]
+    texts = [d.text for d in unit.docs] if prepared.settings.store_text else None
+    ids = np.concatenate([d.ids for d in unit.docs])
+    return prepared.writer.begin_segment(unit.unit_id, records, ids, texts), records
 
 
 def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, torch.Tensor]],
              on_batch: Callable[[Sequence[TokenizedDoc]], None] | None = None) -> bool:
     """Write one unit's captures as a segment and commit it; the segment stays invisible if anything fails."""
     writer = prepared.writer
-    records = [DocRecord(d.key, d.n_tokens, d.meta, d.original_tokens) for d in unit.docs]
-    segment = writer.begin_segment(unit.unit_id, records, np.concatenate([d.ids for d in unit.docs]))
+    segment, records = begin_unit(prepared, unit)
     seg_writer = writer.segment_writer(segment)
     try:
         for batch_docs, rows in zip(unit.batches(), batches, strict=True):
@@ -154,17 +171,24 @@ def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, to
         manifests = seg_writer.close()
     except BaseException:
         seg_writer.abort()
+        writer.abandon(segment)  # deletes the partial segment and releases its claim
         raise
     return writer.commit(unit.unit_id, segment, records, manifests)
 
 
 def build_cache(settings: BuildSettings) -> BuildReport:
     """Build (or complete, or extend) a cache in this process."""
+    with quiet_transformers(not settings.progress):  # --no-progress hides transformers' own bars and logs too
+        return _build_cache(settings)
+
+
+def _build_cache(settings: BuildSettings) -> BuildReport:
+    device = resolve_device(settings.device)  # an unavailable device is refused before the cache is touched
     prepared = prepare_build(settings)
     report = prepared.report
     if not prepared.units:
         return report
-    model = load_model(prepared.model, settings.dtype)
+    model = load_model(prepared.model, settings.dtype, device)
     started = time.perf_counter()
     stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
     pad_id = pad_token_id(prepared.tokenizer)

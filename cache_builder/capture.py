@@ -11,21 +11,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from actcache.storage.layout import activation_name
+from actcache.storage.layout import HOOKS, activation_name
 from torch import nn
 
 from .runner import DecoderStack
+from .settings import BuildSettingsError
 
 __all__ = ["HOOKS", "check_hooks", "record_activations", "capture_range"]
-
-HOOKS = ("resid_post", "attn_z")
 
 
 def check_hooks(hooks: Sequence[str]) -> tuple[str, ...]:
     """Validate hook names early, with the list of valid ones."""
     unknown = [h for h in hooks if h not in HOOKS]
     if unknown or not hooks:
-        raise ValueError(f"unknown hook(s) {unknown or hooks!r}: use one or more of {', '.join(HOOKS)}")
+        raise BuildSettingsError(f"unknown hook(s) {unknown or hooks!r}: use one or more of {', '.join(HOOKS)}")
     return tuple(dict.fromkeys(hooks))
 
 

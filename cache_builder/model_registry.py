@@ -68,7 +68,10 @@ def load_model_spec(name_or_path: str | Path) -> ModelSpec:
             f"unknown model {str(name_or_path)!r}: give a model directory, a .gguf file, a model YAML, "
             f"or one of {', '.join(list_model_names())}"
         )
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ModelSpecError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: expected a YAML mapping")
     return ModelSpec.from_dict(data, source=str(path))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actcache.cache_builder.model_registry import ModelSpec, list_model_names, load_model_spec
+from actcache.cache_builder.weight_digest import DIGEST_CACHE, METHOD, file_digests
 from actcache.storage.errors import InputError
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ __all__ = [
 
 SPEC_STAMP = "actcache_spec.json"  # written by make_model: which registry spec a built directory came from
 DTYPES = ("float32", "bfloat16", "float16")
-SAMPLE_BLOCK = 1 << 20  # bytes per sampled block of a weight file
-SAMPLE_BLOCKS = 4  # blocks sampled per weight file, evenly spaced from the first to the last
 # config.json keys that say who wrote the file, not what the model computes
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_model_name_or_path", "_commit_hash")
 
@@ -164,15 +163,17 @@ def load_tokenizer(m: ResolvedModel) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(m.path, gguf_file=m.gguf_file)
 
 
-def load_model(m: ResolvedModel, dtype: str = "float32") -> PreTrainedModel:
-    """The whole model on CPU in `dtype`, eval mode, no gradients, SDPA attention (the capture reference)."""
+def load_model(m: ResolvedModel, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    """The whole model on `device` (a resolved torch device: `storage.devices.resolve_device`) in `dtype`, eval
+    mode, no gradients, SDPA attention (the capture reference). Weights load straight onto the device."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ModelError(f"unsupported dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(
-        m.path, gguf_file=m.gguf_file, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+        m.path, gguf_file=m.gguf_file, dtype=getattr(torch, dtype), attn_implementation="sdpa",
+        device_map={"": device},
     )
     model.eval()
     model.requires_grad_(False)
@@ -196,19 +197,21 @@ def weight_files(m: ResolvedModel) -> list[str]:
 
 def model_fingerprint(m: ResolvedModel, dtype: str) -> dict[str, Any]:
     """What the model's activations depend on, as JSON: architecture, canonical config, compute dtype,
-    quantization config, and a digest per weight file (see `_file_digest`).
+    quantization config, and a digest of every byte of each weight file (`weight_digest.METHOD`; hashed once per
+    file version, remembered under `$ACTCACHE_HOME`), so an edited tensor saved in place is a different model.
 
     The digests never name directories, so one model copied to two places fingerprints the same.
     """
     config = _canonical(_config_dict(m))
     files = [m.path / m.gguf_file] if m.gguf_file is not None else [Path(p) for p in weight_files(m)]
+    digests = file_digests(files, actcache_home() / DIGEST_CACHE)
     return {
         "architecture": (config.get("architectures") or [config.get("model_type")])[0],
         "config": config,
         "dtype": dtype,
         "quantization": config.get("quantization_config"),
-        "weights": {p.name: _file_digest(p) for p in files},
-        "weights_digest_method": f"sha256(size, header, {SAMPLE_BLOCKS} sampled {SAMPLE_BLOCK}-byte blocks)",
+        "weights": {p.name: {"size": p.stat().st_size, "sha256": digests[p]} for p in files},
+        "weights_digest_method": METHOD,
     }
 
 
@@ -234,30 +237,6 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
     return value
-
-
-def _file_digest(path: Path) -> dict[str, Any]:
-    """Cheap, content-sensitive digest of a (possibly 4 GB) weight file: sha256 over its size, its safetensors
-    header (8-byte length + JSON: every tensor's name, dtype, shape and offsets), and SAMPLE_BLOCKS blocks of
-    SAMPLE_BLOCK bytes at evenly spaced offsets from the start to the end. Files no larger than the sampled
-    bytes are hashed whole. A GGUF file gets the same minus the safetensors header (its first block is its header).
-    Any two different checkpoints differ in every block; a change confined to unsampled bytes would go unnoticed,
-    so this tells models apart, it does not detect tampering.
-    """
-    size = path.stat().st_size
-    sha = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK:
-            sha.update(f.read())
-        else:
-            if path.suffix == ".safetensors":
-                header_len = int.from_bytes(f.read(8), "little")
-                sha.update(header_len.to_bytes(8, "little") + f.read(header_len))
-            step = (size - SAMPLE_BLOCK) // (SAMPLE_BLOCKS - 1)
-            for i in range(SAMPLE_BLOCKS):
-                f.seek(i * step)
-                sha.update(f.read(SAMPLE_BLOCK))
-    return {"size": size, "sha256_sampled": sha.hexdigest()}
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from actcache.storage.annotations import merge_metas
 from actcache.storage.fingerprint import canonical_json
 
-__all__ = ["TokenizedDoc", "Unit", "tokenize_documents", "plan_units", "pending_units", "document_key"]
+from .settings import BuildSettingsError
+
+__all__ = ["TokenizedDoc", "Unit", "tokenize_documents", "plan_units", "pending_units", "document_key",
+           "corpus_metadata"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class TokenizedDoc:
     ids: np.ndarray  # (n_tokens,) int64, already truncated
     meta: dict[str, Any]
     original_tokens: int
+    text: str = ""  # the document as the corpus gave it (stored unless --no-text)
 
     @property
     def n_tokens(self) -> int:
@@ -55,28 +60,44 @@ def document_key(text: str, tokenizer_digest: str, max_length: int, truncation_s
 def tokenize_documents(texts: Sequence[str], metas: Sequence[dict[str, Any]], tokenizer: Any, *,
                        tokenizer_digest: str, max_length: int, truncation_side: str = "right",
                        ) -> list[TokenizedDoc]:
-    """Tokenize once, truncate explicitly (recorded per document), drop repeated texts with a warning."""
+    """Tokenize once, truncate explicitly (recorded per document); a repeated text is stored once (with a
+    warning), keeping the labels of every occurrence (`corpus_metadata`)."""
     if max_length < 1:
-        raise ValueError(f"--max-length must be at least 1, got {max_length}")
+        raise BuildSettingsError(f"--max-length must be at least 1, got {max_length}")
+    merged = corpus_metadata(texts, metas, tokenizer_digest=tokenizer_digest, max_length=max_length,
+                             truncation_side=truncation_side)
     encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
     docs: dict[str, TokenizedDoc] = {}
     repeats = 0
-    for text, meta, ids in zip(texts, metas, encoded, strict=True):
+    for text, ids in zip(texts, encoded, strict=True):
         key = document_key(text, tokenizer_digest, max_length, truncation_side)
         if key in docs:
             repeats += 1
             continue
         kept = ids[:max_length] if truncation_side == "right" else ids[-max_length:]
-        docs[key] = TokenizedDoc(key, np.asarray(kept, dtype=np.int64), dict(meta), len(ids))
+        docs[key] = TokenizedDoc(key, np.asarray(kept, dtype=np.int64), merged[key], len(ids), text)
     if repeats:
-        warnings.warn(f"{repeats} document(s) repeat an earlier text and are stored once", stacklevel=2)
+        warnings.warn(f"{repeats} document(s) repeat an earlier text and are stored once; fields whose labels "
+                      f"differ between the repeats keep every value, as a list in corpus order", stacklevel=2)
     return list(docs.values())
+
+
+def corpus_metadata(texts: Sequence[str], metas: Sequence[dict[str, Any]], *, tokenizer_digest: str,
+                    max_length: int, truncation_side: str) -> dict[str, dict[str, Any]]:
+    """Each distinct document's labels by key, in corpus order: what a build stores and `actcache label` publishes.
+
+    A text met several times is one document whose differing fields list every occurrence's value (merge_metas).
+    """
+    occurrences: dict[str, list[dict[str, Any]]] = {}
+    for text, meta in zip(texts, metas, strict=True):
+        occurrences.setdefault(document_key(text, tokenizer_digest, max_length, truncation_side), []).append(meta)
+    return {key: merge_metas(found) for key, found in occurrences.items()}
 
 
 def plan_units(docs: Sequence[TokenizedDoc], *, unit_tokens: int, batch_size: int) -> list[Unit]:
     """Sort by length (little padding), then cut into units of about `unit_tokens` tokens."""
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise BuildSettingsError(f"--batch-size must be at least 1, got {batch_size}")
     ordered = sorted(docs, key=lambda d: (d.n_tokens, d.key))
     units: list[Unit] = []
     current: list[TokenizedDoc] = []

@@ -48,6 +48,11 @@ class DecoderStack(nn.Module):
         return cls(backbone.embed_tokens, {i: backbone.layers[i] for i in indices}, backbone.rotary_emb)
 
     @property
+    def device(self) -> torch.device:
+        """Where the stack's weights live: a batch is moved there before the forward pass."""
+        return next(self.parameters()).device
+
+    @property
     def layer_modules(self) -> dict[int, nn.Module]:
         return {int(i): layer for i, layer in self.layers.items()}
 

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BuildSettings"]
+from actcache.storage.errors import InputError
+
+__all__ = ["BuildSettings", "BuildSettingsError"]
+
+
+class BuildSettingsError(InputError):
+    """A build option that cannot work (layers, hooks, sizes, padding side); the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,15 @@ class BuildSettings:
     batch_size: int = 8
     max_length: int = 512
     dtype: str = "float32"
+    device: str = "auto"  # single-process build: cpu, cuda, cuda:N or auto (storage.devices.resolve_device)
     unit_tokens: int = 8192
     padding_side: str = "right"
     truncation_side: str = "right"
     progress: bool = True
+    store_text: bool = True  # keep each document's text in the cache (False: --no-text, for private corpora)
+
+    def __post_init__(self) -> None:
+        """Sizes that cannot work are refused here, before a model is loaded or a cache folder is made."""
+        for option in ("batch_size", "max_length", "unit_tokens"):
+            if (value := getattr(self, option)) < 1:
+                raise BuildSettingsError(f"--{option.replace('_', '-')} must be at least 1, got {value}")

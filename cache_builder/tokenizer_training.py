@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from actcache.cache_builder.model_registry import ModelSpecError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -70,7 +72,7 @@ def train_tokenizer(
     )
     tokenizer.train_from_iterator(text.splitlines(), trainer=trainer)
     if tokenizer.get_vocab_size() != vocab_size:
-        raise ValueError(
+        raise ModelSpecError(
             f"the training text yields {tokenizer.get_vocab_size()} tokens, not {vocab_size}: "
             f"lower vocab_size in the model YAML or train on more text"
         )

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
-from actcache.cache_builder.model_registry import ModelSpecError, load_model_spec
-from actcache.cluster.planner import CaptureRequest, ClusterSpec, PlanError, format_plan, plan_build
+if TYPE_CHECKING:
+    from actcache.cluster.planner import ClusterSpec
 
 __all__ = ["register", "run_plan", "add_pipeline_arguments"]
 
@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens-per-s", type=float, help="target throughput of the whole cluster (for bandwidth)")
     p.add_argument("--stages", type=int, help="pipeline stages (GPUs per replica); default: all GPUs")
     p.add_argument("--replicas", type=int, help="data-parallel pipeline replicas; default: GPUs / stages")
-    p.add_argument("--micro-batch-tokens", type=int, default=8192, help="tokens per micro-batch (default 8192)")
+    p.add_argument("--micro-batch-tokens", type=int, default=8192, help="tokens per micro-batch")
     p.add_argument("--capture-dtype", help="stored dtype (default: the model's dtype)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
@@ -72,7 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cluster(args: argparse.Namespace) -> ClusterSpec:
     """Cluster from --cluster YAML and/or flags, flags winning."""
-    data = yaml.safe_load(args.cluster.read_text()) if args.cluster else {}
+    import yaml
+    from actcache.cluster.planner import ClusterSpec, PlanError
+
+    try:
+        data = yaml.safe_load(args.cluster.read_text()) if args.cluster else {}
+    except (OSError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())
+        raise PlanError(f"--cluster {args.cluster}: cannot read it ({reason}); give a YAML file of nodes, "
+                        "gpus_per_node, gpu_mem_gib") from None
     if not isinstance(data, dict):
         raise PlanError(f"{args.cluster}: expected a YAML mapping of nodes, gpus_per_node, gpu_mem_gib")
     flags = {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "gpu_mem_gib": args.gpu_mem_gib,
@@ -86,6 +94,9 @@ def _cluster(args: argparse.Namespace) -> ClusterSpec:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan; on refusal print one line to stderr and return 2."""
+    from actcache.cache_builder.model_registry import ModelSpecError, load_model_spec
+    from actcache.cluster.planner import CaptureRequest, PlanError, format_plan, plan_build
+
     try:
         spec = load_model_spec(args.model_config)
         capture = CaptureRequest(layers=args.layers, hooks=args.hooks, tokens=args.tokens,

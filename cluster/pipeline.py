@@ -23,9 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
-from actcache.cache_builder.build import BuildReport, PreparedBuild, pad_token_id, parse_layers, prepare_build
+from actcache.cache_builder.build import (
+    BuildReport,
+    PreparedBuild,
+    begin_unit,
+    pad_token_id,
+    parse_layers,
+    prepare_build,
+)
 from actcache.cache_builder.model_source import ResolvedModel, num_layers, resolve_model, weight_files
 from actcache.cache_builder.partial_load import layer_bytes
 from actcache.cache_builder.planning import Unit
@@ -33,7 +39,7 @@ from actcache.cache_builder.runner import pad_batch
 from actcache.cache_builder.settings import BuildSettings
 from actcache.cluster._stage import CaptureJob, StageRestarted, StageSpec, StageStats, _PipelineStage
 from actcache.cluster.partition import partition_layers
-from actcache.cluster.ray_connect import ClusterError, check_reachable, connect, resolve_address
+from actcache.cluster.ray_connect import ClusterError, check_joinable, connect, resolve_address
 from actcache.storage import DocRecord
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
@@ -75,14 +81,14 @@ def build_distributed(settings: BuildSettings, *, stages: int, replicas: int = 1
     cache is touched or Ray is started.
     """
     if stages < 1 or replicas < 1:
-        raise ValueError(f"--stages {stages} --replicas {replicas}: both must be at least 1")
+        raise ClusterError(f"--stages {stages} --replicas {replicas}: both must be at least 1")
     address = resolve_address(address)
     model = resolve_model(settings.model)
     weight_files(model)  # a GGUF model is refused here: stages read safetensors
     config = json.loads((model.path / "config.json").read_text())
     ranges = stage_ranges(model, parse_layers(settings.layers, num_layers(config))[-1], stages)
     if address is not None:
-        check_reachable(address)
+        check_joinable(address)
     prepared = prepare_build(settings)
     if not prepared.units:
         return _report(prepared, stages, replicas)
@@ -137,10 +143,10 @@ class Backbone:
         """Run a prepared build's units on the first `replicas` pipelines (default all) and commit them."""
         deepest = self.ranges[-1].stop - 1
         if prepared.model.path != self.model.path or prepared.settings.dtype != self.dtype:
-            raise ValueError(f"this backbone runs {self.model.path} in {self.dtype}, the build wants "
+            raise ClusterError(f"this backbone runs {self.model.path} in {self.dtype}, the build wants "
                              f"{prepared.model.path} in {prepared.settings.dtype}: start a backbone for it")
         if prepared.deepest_layer != deepest:
-            raise ValueError(f"this backbone runs layers 0..{deepest}, the build captures up to layer "
+            raise ClusterError(f"this backbone runs layers 0..{deepest}, the build captures up to layer "
                              f"{prepared.deepest_layer}: start a backbone for layers 0..{prepared.deepest_layer}")
         pipelines = self.pipelines[:replicas or len(self.pipelines)]
         report = _report(prepared, len(self.ranges), len(pipelines))
@@ -237,10 +243,8 @@ class _Run:
             self.failed = self.failed or error
 
     def _begin(self, unit: Unit) -> _Open:
-        records = [DocRecord(d.key, d.n_tokens, d.meta, d.original_tokens) for d in unit.docs]
         with self.lock:
-            segment = self.prepared.writer.begin_segment(unit.unit_id, records,
-                                                         np.concatenate([d.ids for d in unit.docs]))
+            segment, records = begin_unit(self.prepared, unit)
         return _Open(unit, segment, records)
 
     def _commit(self, item: _Open, manifests: list[Any]) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 from actcache.cache_builder.model_registry import ModelSpec
 from actcache.cluster._plan_error import PlanError
-from actcache.cluster.memory import HEADROOM_FRACTION, WorkingMemory, stage_working_memory
 from actcache.cluster.partition import partition_layers
 from actcache.cluster.plan_report import format_plan, layer_span
+from actcache.cluster.stage_memory import HEADROOM_FRACTION, WorkingMemory, stage_working_memory
 from actcache.cluster.volume import compression_ratio, hook_width
-from actcache.cluster.weights import (
+from actcache.cluster.weight_bytes import (
     ModelShape,
     WeightFormat,
     dtype_bytes,

@@ -8,7 +8,8 @@ measured on our caches and are the only compression the plan assumes.
 from __future__ import annotations
 
 from actcache.cluster._plan_error import PlanError
-from actcache.cluster.weights import ModelShape, dtype_bytes
+from actcache.cluster.weight_bytes import ModelShape, dtype_bytes
+from actcache.storage.layout import HOOKS
 
 __all__ = [
     "HOOKS",
@@ -18,7 +19,6 @@ __all__ = [
     "hook_width",
 ]
 
-HOOKS = ("resid_post", "attn_z")
 ZSTD_RATIO_BF16 = 1.45  # measured, lossless zstd on bfloat16 bits (stored as uint16)
 ZSTD_RATIO_FLOAT32 = 1.25  # measured, lossless zstd on float32
 _RATIOS = {"bfloat16": ZSTD_RATIO_BF16, "float32": ZSTD_RATIO_FLOAT32}

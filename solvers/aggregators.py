@@ -13,7 +13,7 @@ import torch
 from actcache.solvers.caa import normalize
 from actcache.solvers.errors import SolverInputError
 from actcache.solvers.labels import LabelSets
-from actcache.solvers.stats import PooledStore
+from actcache.solvers.sufficient_stats import PooledStore
 from torch import Tensor
 
 Aggregator = Callable[[Tensor, Tensor], Tensor]

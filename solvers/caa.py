@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from actcache.solvers.stats import MomentTotals
+from actcache.solvers.sufficient_stats import MomentTotals
 from torch import Tensor
 
 NORM_FLOOR = 1e-6

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["register", "run_solve", "run_sweep"]
+from actcache.solvers.defaults import SOLVE_METHODS, SWEEP_METHODS, SWEEP_POOLINGS
+from actcache.storage.devices import DEVICE_HELP
+
+__all__ = ["register", "run_score", "run_solve", "run_sweep"]
 
 _METHODS_HELP = ("comma list of caa, subspace, heads, ridge, quality and the aggregators mean, pca, logistic, "
                  "logistic_l1, linear, pca_diff, pca_center; or all")
@@ -17,53 +20,74 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", required=True, help="cache folder")
-    parser.add_argument("--out", required=True, help="output folder (must not exist)")
-    parser.add_argument("--layers", default="all", help="layers to solve, e.g. 8,15 (default: all cached layers)")
+    parser.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it is an earlier solve/sweep output (written atomically)")
+    parser.add_argument("--layers", default="all",
+                        help="layers to solve, e.g. 8,15; -1 is the model's last layer; all: every cached layer")
     labels = parser.add_argument_group("labels (default: the story layout's concept/role metadata)")
     labels.add_argument("--label-field", help="JSONL label field, e.g. sentiment (needs --positive)")
     labels.add_argument("--positive", help="value of --label-field that marks positives, e.g. positive")
+    labels.add_argument("--pair-field", help="with --label-field: field naming each pair (documents sharing a value "
+                                             "form one: one positive, one or more negatives); needed by aggregators")
     labels.add_argument("--split-field", help="train/test split field, e.g. split (test documents are held out)")
-    labels.add_argument("--min-positives", type=int, default=1, help="skip concepts with fewer positives (default 1)")
+    labels.add_argument("--train-value", default="train", help="split value of fitted documents")
+    labels.add_argument("--test-value", default="test", help="--split-field value of held-out documents")
+    labels.add_argument("--min-positives", type=int, default=1, help="skip concepts with fewer positives")
     labels.add_argument("--concepts", type=_csv, help="solve only these concepts (comma list)")
     run = parser.add_argument_group("resources")
     run.add_argument("--max-memory", help="bound on the solve's data in memory, e.g. 200MB (default: none)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    run.add_argument("--workers", type=int, default=1, help="Ray tasks over (concept, layer) on N CPUs (default 1: "
-                                                            "in process, no Ray)")
-    run.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (default 1)")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
+    run.add_argument("--workers", type=int, default=1,
+                     help="Ray tasks over (concept, layer) on N CPUs; 1 runs in process, without Ray")
+    run.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
 
 
 def register(subparsers: Any) -> None:
-    """Add `solve` and `sweep` to the top-level command's subparsers."""
+    """Add `solve`, `sweep` and `score` to the top-level command's subparsers."""
     solve = subparsers.add_parser("solve", help="concept vectors, head ranking and quality report from a cache")
     _add_common(solve)
-    solve.add_argument("--methods", type=_csv, default=("caa", "subspace", "heads", "ridge", "quality"),
-                       help=_METHODS_HELP + " (default caa,subspace,heads,ridge,quality)")
-    solve.add_argument("--pooling", default="last", help="last, mean, mean-skip:K or span:A:B (default last)")
-    solve.add_argument("--readout", default="caa", help="method whose vectors fill readout.safetensors (default caa)")
+    solve.add_argument("--methods", type=_csv, default=SOLVE_METHODS,
+                       help=_METHODS_HELP + " (heads is skipped, with a note, on a cache without attn_z)")
+    solve.add_argument("--pooling", default="last", help="last, mean, mean-skip:K or span:A:B")
+    solve.add_argument("--readout", default="caa", help="method whose vectors fill readout.safetensors")
     solve.add_argument("--aggregator", type=_csv, default=(),
                        help="steering-vectors / repeng aggregators on paired samples, comma list: mean, pca, "
                             "logistic, logistic_l1, linear, pca_diff, pca_center")
     solve.add_argument("--quality-cap", type=int, default=256, help="pooled positives kept per concept for the "
-                                                                    "quality report (default 256)")
+                                                                    "quality report")
     solve.set_defaults(func=run_solve)
 
     sweep = subparsers.add_parser("sweep", help="many variants (poolings x methods x layers) from one read, compared")
     _add_common(sweep)
-    sweep.add_argument("--poolings", type=_csv, default=("last", "mean"), help="comma list (default last,mean)")
-    sweep.add_argument("--methods", type=_csv, default=("caa", "pca", "logistic", "subspace"),
-                       help="vector methods: caa, subspace and aggregators (default caa,pca,logistic,subspace)")
+    sweep.add_argument("--poolings", type=_csv, default=SWEEP_POOLINGS,
+                       help="comma list (plain mean is usually dominated by the first token: use mean-skip:1)")
+    sweep.add_argument("--methods", type=_csv, default=SWEEP_METHODS,
+                       help="vector methods: caa, subspace and aggregators")
     sweep.set_defaults(func=run_sweep)
+
+    score = subparsers.add_parser("score", help="each document's projection on each concept direction of a readout "
+                                                "(JSON lines: key, text, concept, layer, score)")
+    score.add_argument("--cache", required=True, help="cache folder")
+    score.add_argument("--readout", required=True, help="output folder of solve or sweep")
+    score.add_argument("--method", help="score this method's vectors (methods/<name>.json) instead of readout.json")
+    score.add_argument("--out", required=True, help="JSON-lines file to write (replaced when it exists)")
+    score.add_argument("--layers", default="all", help="layers of the readout to score, e.g. 8,15 or all")
+    score.add_argument("--pooling", default="last", help="last, mean, mean-skip:K or span:A:B")
+    score.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                       help="only documents with this label value (repeat for more fields, or for several values)")
+    score.set_defaults(func=run_score)
 
 
 def _labels(args: argparse.Namespace) -> Any:
     from actcache.solvers.job_inputs import LabelSpec
 
-    return LabelSpec(args.label_field, args.positive, args.split_field, args.min_positives, args.concepts)
+    return LabelSpec(args.label_field, args.positive, args.split_field, args.min_positives, args.concepts,
+                     pair_field=args.pair_field, train_value=args.train_value, test_value=args.test_value)
 
 
 def _memory(args: argparse.Namespace) -> int | None:
-    from actcache.solvers.memory import parse_bytes
+    from actcache.solvers.memory_budget import parse_bytes
 
     return None if args.max_memory is None else parse_bytes(args.max_memory)
 
@@ -74,7 +98,7 @@ def run_solve(args: argparse.Namespace) -> int:
     settings = SolveSettings(methods=args.methods, layers=args.layers, pooling=args.pooling, readout=args.readout,
                              aggregators=args.aggregator, labels=_labels(args), max_memory=_memory(args),
                              device=args.device, workers=args.workers, threads=args.threads,
-                             quality_cap=args.quality_cap)
+                             quality_cap=args.quality_cap, overwrite=args.overwrite)
     print(solve_cache(args.cache, args.out, settings).summary())
     return 0
 
@@ -84,6 +108,28 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     settings = SweepSettings(poolings=args.poolings, methods=args.methods, layers=args.layers, labels=_labels(args),
                              max_memory=_memory(args), device=args.device, workers=args.workers,
-                             threads=args.threads)
+                             threads=args.threads, overwrite=args.overwrite)
     print(sweep_cache(args.cache, args.out, settings).summary())
+    return 0
+
+
+def _where(pairs: list[str]) -> dict[str, list[str]] | None:
+    """--where FIELD=VALUE (repeated) -> {field: [values]}; a field given twice matches either value."""
+    from actcache.solvers.errors import SolverInputError
+
+    where: dict[str, list[str]] = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            raise SolverInputError(f"--where {pair!r}: use FIELD=VALUE, e.g. --where split=test")
+        where.setdefault(field, []).append(value)
+    return where or None
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from actcache.solvers.score import score_cache
+
+    result = score_cache(args.cache, args.readout, args.out, method=args.method, layers=args.layers,
+                         pooling=args.pooling, where=_where(args.where))
+    print(result.summary())
     return 0

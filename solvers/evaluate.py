@@ -12,8 +12,28 @@ def projection_auroc(vectors: Tensor, pooled: Tensor, concept_of: Sequence[int])
     """Per concept, the AUROC of test-document projections on its vector (positives vs every other document).
 
     `vectors` (C, d), `pooled` (n, d) test documents, `concept_of` their concept indices (NEGATIVE_ONLY = -1).
-    None where the test split lacks positives or negatives of the concept. Ties count one half
-    (Mann-Whitney U).
+    None where the test split lacks positives or negatives of the concept. scikit-learn's `roc_auc_score`
+    (sort-based, ties count one half): memory linear in the number of documents.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    proj = (pooled.double() @ vectors.double().T).cpu().numpy()  # (n, C)
+    labels = torch.as_tensor(list(concept_of)).numpy()
+    out: list[float | None] = []
+    for c in range(vectors.shape[0]):
+        positive = labels == c
+        if positive.all() or not positive.any():
+            out.append(None)
+            continue
+        out.append(float(roc_auc_score(positive, proj[:, c])))
+    return out
+
+
+def projection_separation(vectors: Tensor, pooled: Tensor, concept_of: Sequence[int]) -> list[float | None]:
+    """Per concept, how far apart its test positives and negatives lie along its vector, in standard deviations:
+    (mean_pos - mean_neg) / sqrt((var_pos + var_neg) / 2) of the projections (population variances).
+
+    None where the test split lacks positives or negatives of the concept, or both sides have no spread.
     """
     proj = pooled.double() @ vectors.double().T  # (n, C)
     labels = torch.as_tensor(list(concept_of))
@@ -23,7 +43,6 @@ def projection_auroc(vectors: Tensor, pooled: Tensor, concept_of: Sequence[int])
         if len(pos) == 0 or len(neg) == 0:
             out.append(None)
             continue
-        greater = (pos[:, None] > neg[None, :]).double().sum()
-        ties = (pos[:, None] == neg[None, :]).double().sum()
-        out.append(float((greater + 0.5 * ties) / (len(pos) * len(neg))))
+        spread = float((pos.var(correction=0) + neg.var(correction=0)) / 2) ** 0.5
+        out.append(float(pos.mean() - neg.mean()) / spread if spread > 0 else None)
     return out

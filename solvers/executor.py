@@ -1,7 +1,9 @@
 """Where the per-(concept, layer) solves run: in this process (default), or as Ray tasks on local CPUs.
 
 Ray starts only when asked (`workers > 1`): a solve of a small cache stays Ray-free and fast. Task
-functions are plain module-level functions of tensors, so both executors run the same code.
+functions are plain module-level functions of tensors, so both executors run the same code. The Ray
+executor keeps at most `in_flight` tasks submitted and unfinished, so their inputs (d x d totals, paired
+samples) never all sit in the object store at once: the memory plan sets that number from --max-memory.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+from actcache.solvers.errors import SolverInputError
 
 
 class LocalExecutor:
@@ -28,27 +32,36 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Ray tasks on `workers` local CPUs; large shared inputs (d x d totals) go to the object store once."""
+    """Ray tasks on `workers` local CPUs, at most `in_flight` unfinished at once; large shared inputs
+    (d x d totals) go to the object store once. `pin_malloc` applies the driver's malloc setting in the
+    workers too (see memory_budget.pin_malloc_thresholds)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, in_flight: int | None = None, pin_malloc: bool = False) -> None:
         import ray
 
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        self._remote: dict[Callable[..., Any], Any] = {}
+        self._task = ray.remote(max_retries=1)(_run_task)
+        self._in_flight = max(1, in_flight or workers)
+        self._pending: list[Any] = []
+        self._pin_malloc = pin_malloc
 
     def share(self, value: Any) -> Any:
         return self._ray.put(value)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        remote = self._remote.get(fn)
-        if remote is None:
-            remote = self._remote[fn] = self._ray.remote(max_retries=1)(fn)
-        return remote.remote(*args)
+        """Submit `fn(*args)`, first waiting until fewer than `in_flight` tasks are unfinished."""
+        while len(self._pending) >= self._in_flight:
+            _, self._pending = self._ray.wait(self._pending, num_returns=1)
+        handle = self._task.remote(self._pin_malloc, fn, *args)
+        self._pending.append(handle)
+        return handle
 
     def gather(self, handles: Sequence[Any]) -> list[Any]:
+        gathered = set(handles)
+        self._pending = [h for h in self._pending if h not in gathered]
         return list(self._ray.get(list(handles)))
 
     def shutdown(self) -> None:
@@ -56,14 +69,23 @@ class RayExecutor:
             self._ray.shutdown()
 
 
+def _run_task(pin_malloc: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """A task as a Ray worker runs it: under the driver's malloc setting when a memory budget is set."""
+    if pin_malloc:
+        from actcache.solvers.memory_budget import pin_malloc_thresholds
+
+        pin_malloc_thresholds()
+    return fn(*args)
+
+
 Executor = LocalExecutor | RayExecutor
 
 
-def make_executor(workers: int) -> Executor:
-    """A Ray executor for `workers` > 1 CPUs, else the in-process one."""
+def make_executor(workers: int, in_flight: int | None = None, pin_malloc: bool = False) -> Executor:
+    """A Ray executor for `workers` > 1 CPUs (at most `in_flight` tasks unfinished), else the in-process one."""
     if workers < 1:
-        raise ValueError(f"--workers {workers}: use 1 (in process) or more (Ray tasks)")
-    return RayExecutor(workers) if workers > 1 else LocalExecutor()
+        raise SolverInputError(f"--workers {workers}: use 1 (in process) or more (Ray tasks)")
+    return RayExecutor(workers, in_flight, pin_malloc) if workers > 1 else LocalExecutor()
 
 
 @contextmanager

@@ -10,16 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from actcache.solvers.stats import MomentTotals
+from actcache.solvers.sufficient_stats import MomentTotals
 from torch import Tensor
 
 STD_FLOOR = 1e-6
+DEFAULT_TOP_HEADS = 10  # heads reported per concept, and summed by head_concentration
 
 
 @dataclass(frozen=True)
 class HeadRanking:
     top: list[tuple[int, float, float]]  # [head, raw_norm, selectivity], by selectivity descending
-    head_concentration: float  # sum of the top heads' raw norms / sum of all raw norms
+    head_concentration: float | None  # top heads' raw norms / all raw norms; None when top_k >= n_heads
     raw_norm: Tensor  # (n_heads,)
     selectivity: Tensor  # (n_heads,)
 
@@ -33,18 +34,20 @@ def _per_head(v: Tensor, n_heads: int) -> Tensor:
     return v.reshape(*v.shape[:-1], n_heads, v.shape[-1] // n_heads)  # (..., H, head_dim)
 
 
-def rank_heads(diff: Tensor, neg_std: Tensor, n_heads: int, *, top_k: int = 10) -> HeadRanking:
+def rank_heads(diff: Tensor, neg_std: Tensor, n_heads: int, *, top_k: int = DEFAULT_TOP_HEADS) -> HeadRanking:
     """Rank heads from `diff` = mean_P z - mean_N z and the per-coordinate negative std, (H*hd,) each."""
     raw = _per_head(diff.double(), n_heads).norm(dim=-1)  # (H,)
     spread = _per_head(neg_std.double(), n_heads).norm(dim=-1).clamp_min(STD_FLOOR)  # (H,)
     selectivity = raw / spread
     order = torch.argsort(selectivity, descending=True, stable=True)[:top_k]
     top = [(int(h), float(raw[h]), float(selectivity[h])) for h in order]
-    concentration = float(raw[order].sum() / raw.sum().clamp_min(STD_FLOOR))
+    # the top 10 of <= 10 heads are all of them (always 1.0): the measure only means something when k < n_heads
+    concentration = float(raw[order].sum() / raw.sum().clamp_min(STD_FLOOR)) if top_k < n_heads else None
     return HeadRanking(top, concentration, raw, selectivity)
 
 
-def rank_heads_from_totals(totals: MomentTotals, concept: int, n_heads: int, *, top_k: int = 10) -> HeadRanking:
+def rank_heads_from_totals(totals: MomentTotals, concept: int, n_heads: int, *,
+                           top_k: int = DEFAULT_TOP_HEADS) -> HeadRanking:
     """`rank_heads` of one concept from streaming totals of pooled attn_z (built with squares=True)."""
     return rank_heads(totals.diff(concept), totals.negative_std(concept), n_heads, top_k=top_k)
 

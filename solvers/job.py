@@ -1,8 +1,9 @@
 """`actcache solve`: concept vectors, head rankings and the quality report of a cache, without the model.
 
-Each (hook, layer) stream is read once (subspace batches beyond the first re-read only their own
+A solve is a sweep with one pooling (solvers/run_setup.py: one setup path, one memory formula). Each
+(hook, layer) stream is read once (subspace batches beyond the first re-read only their own
 positives); the per-(concept, layer) solves run in process or as Ray tasks (`workers > 1`). Memory stays
-within `max_memory` (see solvers/memory.py). The driving order is docs/SOLVERS-IMPLEMENTATION.md's.
+within `max_memory` (see solvers/memory_budget.py). The driving order is docs/SOLVERS-IMPLEMENTATION.md's.
 """
 
 from __future__ import annotations
@@ -10,71 +11,49 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from actcache.solvers.aggregators import AGGREGATORS
+from actcache.solvers.defaults import SOLVE_METHODS
 from actcache.solvers.errors import SolverInputError
-from actcache.solvers.executor import Executor, make_executor, torch_threads
 from actcache.solvers.heads import head_write_projection, rank_heads_from_totals, top_write_heads
-from actcache.solvers.job_inputs import (
-    LabelSpec,
-    build_labels,
-    check_new_output,
-    check_pooling_lengths,
-    parse_poolings,
-    resolve_device,
-    resolve_layers,
-)
 from actcache.solvers.labels import LabelSets
-from actcache.solvers.layer_pass import PassPlan, subspace_batches
-from actcache.solvers.layer_solve import (
-    VECTOR_METHODS,
-    Stream,
-    heldout_scores,
-    layer_vectors,
-    read_layer,
-    subspace_eigens,
-)
-from actcache.solvers.memory import MemoryPlan, pin_malloc_thresholds, plan_memory
+from actcache.solvers.layer_pass import PassPlan
+from actcache.solvers.layer_solve import VECTOR_METHODS, read_layer
+from actcache.solvers.layer_weights import LayerWeights
 from actcache.solvers.pooling import Pooling
-from actcache.solvers.quality import concept_quality, middle_layer, nearest_concepts, neuron_alignment, story_statistics
+from actcache.solvers.quality import (
+    TRIAGE_ORDER,
+    concept_quality,
+    middle_layer,
+    nearest_concepts,
+    neuron_alignment,
+    story_statistics,
+)
 from actcache.solvers.readout import Readout, write_readout
-from actcache.solvers.report import triage_report
+from actcache.solvers.report import outlier_texts, triage_report
 from actcache.solvers.ridge import ridge_reconstruction
-from actcache.solvers.weights import LayerWeights
+from actcache.solvers.run_setup import LayerVariants, RunPlan, RunSettings, open_run, plan_run, run_layers
 from torch import Tensor
 
 __all__ = ["CORE_METHODS", "SolveSettings", "SolveResult", "resolve_methods", "solve_cache", "triage_summary"]
 
-CORE_METHODS = ("caa", "subspace", "heads", "ridge", "quality")
+CORE_METHODS = SOLVE_METHODS
 # what `all` adds when every concept has pairs; logistic_l1 is left out (its penalty may zero a vector)
 ALL_AGGREGATORS = ("mean", "pca", "logistic", "linear", "pca_diff", "pca_center")
-TRIAGE_ORDER = ("clean single-neuron", "clean low-dim circuit", "mixed", "fragmented", "contaminated", "redundant")
 
 
-@dataclass(frozen=True)
-class SolveSettings:
-    """Everything a solve depends on (the command line's options)."""
+@dataclass(frozen=True, kw_only=True)
+class SolveSettings(RunSettings):
+    """Everything a solve depends on (the command line's options): the shared ones plus these."""
 
-    methods: tuple[str, ...] = CORE_METHODS
-    layers: str | tuple[int, ...] = "all"
+    methods: tuple[str, ...] = CORE_METHODS  # as default (or `all`), heads is skipped with a note without attn_z
     pooling: str = "last"
     readout: str = "caa"
     aggregators: tuple[str, ...] = ()
-    labels: LabelSpec = field(default_factory=LabelSpec)
-    max_memory: int | None = None
-    device: str = "cpu"
-    workers: int = 1
-    threads: int | None = 1  # torch CPU threads per worker (None: torch's default); see executor.torch_threads
     quality_cap: int = 256
-    eigen_k: int = 5
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("methods", "layers", "pooling", "readout", "aggregators", "max_memory",
-                                             "device", "workers", "threads", "quality_cap", "eigen_k")}
-        return {**out, "labels": self.labels.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -91,6 +70,7 @@ class SolveResult:
     memory: dict[str, int | None]
     seconds: float
     skipped: dict[str, int] = field(default_factory=dict)  # concept -> positives, below --min-positives
+    notes: tuple[str, ...] = ()  # what was skipped or looks suspicious, printed with the summary
 
     def summary(self) -> str:
         """Readout paths, held-out scores when a split exists, and the triage at the middle layer."""
@@ -110,6 +90,7 @@ class SolveResult:
                 lines.append(f"held-out  layer {layer}: mean AUROC {sum(auroc) / len(auroc):.3f} over "
                              f"{len(auroc)} concept(s)")
         lines.append(triage_summary(self.quality))
+        lines += [f"note      {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -128,10 +109,13 @@ def triage_summary(quality: dict[str, Any], samples: int = 5) -> str:
 
 
 def resolve_methods(methods: Sequence[str], readout: str, aggregators: Sequence[str], labels: LabelSets,
-                    ) -> tuple[str, ...]:
-    """Expand `all`, add --aggregator and --readout methods, and refuse unknown names."""
+                    hooks: Sequence[str] = ("resid_post", "attn_z")) -> tuple[tuple[str, ...], list[str]]:
+    """Expand `all`, add --aggregator and --readout methods, refuse unknown names; returns the methods and
+    notes. `heads` needs attn_z: chosen by name on a cache without it, it is an error; in the default
+    methods or `all`, it is skipped with a note."""
     known = set(CORE_METHODS) | set(AGGREGATORS)
     out: list[str] = []
+    implicit = tuple(methods) == CORE_METHODS or "all" in methods
     for name in [*methods, *aggregators, readout]:
         if name == "all":
             paired = all(labels.pairs_of(c) for c in range(len(labels.concepts)))
@@ -142,75 +126,50 @@ def resolve_methods(methods: Sequence[str], readout: str, aggregators: Sequence[
             raise SolverInputError(f"unknown method {name!r}: use all or some of {', '.join(sorted(known))}")
     if readout not in VECTOR_METHODS:
         raise SolverInputError(f"--readout {readout!r} gives no vectors: use caa, subspace or an aggregator")
-    return tuple(dict.fromkeys(out))
+    notes = []
+    if "heads" in out and "attn_z" not in hooks:
+        if not implicit:
+            raise SolverInputError("the cache has no attn_z activations: drop heads from --methods or rebuild the "
+                                   "cache with --hooks resid_post,attn_z")
+        out = [m for m in out if m != "heads"]
+        notes.append("heads skipped: the cache has no attn_z activations (rebuild with --hooks resid_post,attn_z "
+                     "for the per-head ranking)")
+    return tuple(dict.fromkeys(out)), notes
 
 
 @dataclass
 class _Context:
     settings: SolveSettings
-    stream: Stream
-    pooling: Pooling
+    run: RunPlan
     methods: tuple[str, ...]
-    plan: PassPlan
-    batches: list[tuple[int, ...]] | None
     weights: LayerWeights
-    executor: Executor
 
     @property
     def labels(self) -> LabelSets:
-        return self.stream.labels
+        return self.run.labels
+
+    @property
+    def pooling(self) -> Pooling:
+        return self.run.poolings[0]
 
 
 def solve_cache(cache_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 settings: SolveSettings | None = None) -> SolveResult:
-    """Solve a cache into `out_dir` (which must not exist): readouts, quality.json and report.md."""
-    from actcache.storage import open_cache
+    """Solve a cache into `out_dir` (new, or replaced with `overwrite`): readouts, quality.json and report.md.
 
+    A sweep with one pooling (solvers.run_setup), plus the quality, ridge and head fields of that pooling."""
     settings = settings or SolveSettings()
     started = time.perf_counter()
-    out = check_new_output(out_dir)
-    reader = open_cache(Path(cache_path))
-    if "resid_post" not in reader.hooks:
-        raise SolverInputError(f"cache {cache_path} has no resid_post activations: rebuild it with --hooks resid_post")
-    docs = reader.documents()
-    labels = build_labels(docs, settings.labels)
-    layers = resolve_layers(settings.layers, reader.layers)
-    (pooling,) = parse_poolings([settings.pooling])
-    check_pooling_lengths(docs, labels, [pooling])
-    methods = resolve_methods(settings.methods, settings.readout, settings.aggregators, labels)
-    if "heads" in methods and "attn_z" not in reader.hooks:
-        raise SolverInputError(f"cache {cache_path} has no attn_z activations: drop heads or rebuild with attn_z")
-    device = resolve_device(settings.device)
-    width = reader.width("resid_post")
-    n_c = len(labels.concepts)
-    plan = PassPlan((pooling,), quality_cap=settings.quality_cap if "quality" in methods else None,
-                    pairs=any(m in AGGREGATORS for m in methods))
-    longest = max(d.n_tokens for d, f, t in zip(docs, labels.fit, labels.test, strict=True) if f or t)
-    n_vectors = sum(m in VECTOR_METHODS for m in methods) * len(layers)
-    memory = plan_memory(settings.max_memory, width=width, longest_document=longest,
-                         accumulators=_pass_bytes(plan, labels, width), subspace="subspace" in methods,
-                         kept=n_vectors * n_c * width * 4 + _weight_bytes(reader, width, methods))
-    batches = subspace_batches(range(n_c), width, memory.subspace) if "subspace" in methods else None
-    if batches is not None:
-        plan = replace(plan, subspace_concepts=batches[0])
-    if settings.max_memory is not None:
-        pin_malloc_thresholds()
-    executor = make_executor(settings.workers)
-    ctx = _Context(settings, Stream(reader, labels, device, memory.stream_block), pooling, methods, plan, batches,
-                   LayerWeights(reader.model_source), executor)
-    try:
-        with torch_threads(settings.threads):
-            per_layer = {layer: _solve_layer(ctx, layer, width) for layer in layers}
-    finally:
-        executor.shutdown()
-    return _write(ctx, out, per_layer, memory, time.perf_counter() - started)
-
-
-def _pass_bytes(plan: PassPlan, labels: LabelSets, width: int) -> int:
-    """The pass's accumulators, twice the pair store (the paired samples are stacked again to fit)."""
-    pairs = PassPlan((), pairs=True).memory_bytes(labels, width) * len(plan.poolings) if plan.pairs else 0
-    test = sum(labels.test) * width * 4 * len(plan.poolings)
-    return plan.memory_bytes(labels, width) + pairs + test
+    inputs = open_run(cache_path, out_dir, settings)
+    methods, notes = resolve_methods(settings.methods, settings.readout, settings.aggregators, inputs.labels,
+                                     inputs.reader.hooks)
+    vector_methods = [m for m in methods if m in VECTOR_METHODS]
+    run = plan_run(inputs, settings, (settings.pooling,), ["caa", *vector_methods],
+                   quality_cap=settings.quality_cap if "quality" in methods else None,
+                   kept=_weight_bytes(inputs.reader, inputs.width, methods))
+    ctx = _Context(settings, run, methods, LayerWeights(inputs.reader.model_source))
+    per_layer, warnings = run_layers(run, lambda variants, executor: _solve_layer(ctx, variants))
+    return _write(ctx, per_layer, [*notes, *warnings], time.perf_counter() - started)
 
 
 def _weight_bytes(reader: Any, width: int, methods: Sequence[str]) -> int:
@@ -231,38 +190,30 @@ class _LayerResult:
     evaluation: dict[str, dict[str, list[float | None]]]  # method -> scores
 
 
-def _solve_layer(ctx: _Context, layer: int, width: int) -> _LayerResult:
-    labels, pooling, methods = ctx.labels, ctx.pooling, ctx.methods
-    read = read_layer(ctx.stream, "resid_post", layer, width, ctx.plan, test_poolings=(pooling,))
-    stats = read.stats
-    eigens = None
-    if ctx.batches is not None:
-        eigens = subspace_eigens(ctx.stream, layer, width, stats, ctx.batches, ctx.executor, ctx.settings.eigen_k)
-    wanted = [m for m in methods if m in VECTOR_METHODS]
-    solved = layer_vectors(labels, stats, (pooling,), list(dict.fromkeys(["caa", *wanted])), eigens, ctx.executor)
-    vectors = {m: solved[(str(pooling), m)] for m in wanted}
+def _solve_layer(ctx: _Context, variants: LayerVariants) -> _LayerResult:
+    labels, name, layer = ctx.labels, str(ctx.pooling), variants.layer
+    stats = variants.read.stats
+    vectors = {m: variants.vectors[(name, m)] for m in ctx.methods if m in VECTOR_METHODS}
     primary = vectors[ctx.settings.readout]
     n_c = len(labels.concepts)
     fields: list[dict[str, Any]] = [{} for _ in range(n_c)]
-    if "quality" in methods:
+    if "quality" in ctx.methods:
         w_down = ctx.weights.down_proj(layer)
-        store = stats.positives[str(pooling)]
+        store = stats.positives[name]
         for c in range(n_c):
             docs, pooled = store.vectors(c)
             fields[c].update(story_statistics(pooled, [labels.keys[i] for i in docs], primary[c]))
             fields[c].update(neuron_alignment(primary[c], w_down.tensor, w_down.reason or ""))
-    if eigens is not None:
+    if variants.eigens is not None:
         for c in range(n_c):
-            fields[c]["subspace_eigenvalues"] = eigens[c].eigenvalues.tolist()
-    if "ridge" in methods:
+            fields[c]["subspace_eigenvalues"] = variants.eigens[c].eigenvalues.tolist()
+    if "ridge" in ctx.methods:
         for c, ridge in enumerate(ridge_reconstruction(primary, list(labels.concepts))):
             fields[c].update(ridge.to_dict())
-    if "heads" in methods:
-        _head_fields(ctx, layer, solved[(str(pooling), "caa")], fields)
-    evaluation = {}
-    if any(labels.test):
-        evaluation = {m: heldout_scores(v, read, pooling, stats.moments[str(pooling)], labels)
-                      for m, v in vectors.items()}
+    if "heads" in ctx.methods:
+        _head_fields(ctx, layer, variants.vectors[(name, "caa")], fields)
+    evaluation = {m: variants.scores[(name, m)] for m in vectors} if variants.scores else {}
+    if evaluation:
         for c in range(n_c):
             fields[c]["heldout"] = {k: s[c] for k, s in evaluation[ctx.settings.readout].items()}
     return _LayerResult(vectors, fields, evaluation)
@@ -270,11 +221,11 @@ def _solve_layer(ctx: _Context, layer: int, width: int) -> _LayerResult:
 
 def _head_fields(ctx: _Context, layer: int, caa: Tensor, fields: list[dict[str, Any]]) -> None:
     """Per-head ranking from the attn_z stream of `layer`, and each head's write along the resid CAA vector."""
-    reader = ctx.stream.reader
+    reader = ctx.run.inputs.reader
     n_heads, _ = reader.head_shape("attn_z")
     width = reader.width("attn_z")
     plan = PassPlan((ctx.pooling,), squares=True)
-    moments = read_layer(ctx.stream, "attn_z", layer, width, plan).stats.moments[str(ctx.pooling)]
+    moments = read_layer(ctx.run.stream, "attn_z", layer, width, plan).stats.moments[str(ctx.pooling)]
     w_o = ctx.weights.o_proj(layer)
     for c in range(len(ctx.labels.concepts)):
         fields[c].update(rank_heads_from_totals(moments, c, n_heads).to_dict())
@@ -285,9 +236,8 @@ def _head_fields(ctx: _Context, layer: int, caa: Tensor, fields: list[dict[str, 
             fields[c].update(top_write_heads=top_write_heads(projection), write_reason=None)
 
 
-def _write(ctx: _Context, out: Path, per_layer: dict[int, _LayerResult], memory: MemoryPlan,
-           seconds: float) -> SolveResult:
-    labels, settings = ctx.labels, ctx.settings
+def _write(ctx: _Context, per_layer: dict[int, _LayerResult], notes: list[str], seconds: float) -> SolveResult:
+    labels, settings, out = ctx.labels, ctx.settings, ctx.run.inputs.out
     layers = tuple(per_layer)
     width = next(iter(per_layer.values())).vectors[settings.readout].shape[1]
     readouts = {
@@ -296,13 +246,20 @@ def _write(ctx: _Context, out: Path, per_layer: dict[int, _LayerResult], memory:
     }
     quality = _quality(ctx, per_layer)
     write_readout(out, readouts, primary=settings.readout, quality=quality or None,
-                  report=triage_report(quality) if "quality" in ctx.methods else None)
+                  report=_report(ctx, quality) if "quality" in ctx.methods else None, overwrite=settings.overwrite)
     evaluation = {m: {layer: r.evaluation[m] for layer, r in per_layer.items() if m in r.evaluation}
                   for m in readouts}
-    passes = {"subspace_passes": len(ctx.batches) if ctx.batches is not None else 0}
+    batches = ctx.run.batches
+    passes = {"subspace_passes": len(batches) if batches is not None else 0}
     return SolveResult(out, labels.concepts, layers, ctx.methods, settings.readout, quality,
-                       {m: e for m, e in evaluation.items() if e}, {**memory.to_dict(), **passes}, seconds,
-                       dict(labels.skipped))
+                       {m: e for m, e in evaluation.items() if e}, {**ctx.run.memory.to_dict(), **passes}, seconds,
+                       dict(labels.skipped), tuple(notes))
+
+
+def _report(ctx: _Context, quality: dict[str, Any]) -> str:
+    """report.md, outliers quoted from the cache's texts."""
+    texts = outlier_texts(ctx.run.inputs.reader, quality)
+    return triage_report(quality, texts=texts, method=ctx.settings.readout, pooling=str(ctx.pooling))
 
 
 def _quality(ctx: _Context, per_layer: dict[int, _LayerResult]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from actcache.solvers.aggregators import AGGREGATORS
 from actcache.solvers.errors import SolverInputError
 from actcache.solvers.labels import LabelSets, field_labels, story_labels
 from actcache.solvers.pooling import Pooling, parse_pooling
@@ -18,16 +19,21 @@ from actcache.storage.selection import select_layers
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """Where labels come from: the story layout (`concept`/`role`), or one JSONL field and its positive value."""
+    """Where labels come from: the story layout (`concept`/`role`), or one JSONL field and its positive value;
+    which field names the pairs (label-field mode), and which field and values split train from test."""
 
     label_field: str | None = None
     positive: str | None = None
     split_field: str | None = None
     min_positives: int = 1
     concepts: tuple[str, ...] | None = None
+    pair_field: str | None = None
+    train_value: str = "train"
+    test_value: str = "test"
 
     def to_dict(self) -> dict[str, object]:
-        return {k: getattr(self, k) for k in ("label_field", "positive", "split_field", "min_positives", "concepts")}
+        return {k: getattr(self, k) for k in ("label_field", "positive", "split_field", "min_positives", "concepts",
+                                              "pair_field", "train_value", "test_value")}
 
 
 def build_labels(docs: Sequence, spec: LabelSpec) -> LabelSets:
@@ -40,19 +46,46 @@ def build_labels(docs: Sequence, spec: LabelSpec) -> LabelSets:
         if spec.concepts is not None:
             raise SolverInputError("--concepts applies to story labels; with --label-field the concept is --positive")
         return field_labels(docs, label_field=spec.label_field, positive=str(spec.positive),
-                            split_field=spec.split_field)
-    return story_labels(docs, min_positives=spec.min_positives, concepts=spec.concepts, split_field=spec.split_field)
+                            pair_field=spec.pair_field, split_field=spec.split_field,
+                            train_value=spec.train_value, test_value=spec.test_value)
+    if spec.pair_field is not None:
+        raise SolverInputError("--pair-field applies with --label-field; story labels pair each framing with its "
+                               "scenario's baseline")
+    return story_labels(docs, min_positives=spec.min_positives, concepts=spec.concepts, split_field=spec.split_field,
+                        train_value=spec.train_value, test_value=spec.test_value)
 
 
-def resolve_layers(spec: str | Sequence[int], cached: Sequence[int]) -> tuple[int, ...]:
-    """'all', '8,15' or a list -> layers, each of which must be in the cache."""
-    try:
-        wanted, missing = select_layers(spec, cached)
-    except ValueError as error:
-        raise SolverInputError(str(error)) from None
-    if missing:
+def check_pairs(labels: LabelSets, methods: Sequence[str]) -> None:
+    """The pair-based aggregators need explicit pairs for every concept: refused before any activation is read."""
+    paired = [m for m in methods if m in AGGREGATORS]
+    if not paired:
+        return
+    if labels.pairing is None:
         raise SolverInputError(
-            f"layer(s) {missing} not in the cache: it holds layers {list(cached)}; pick from these "
+            f"aggregator(s) {paired} fit pairs, and label-field mode has none unless you name them: pass "
+            f"--pair-field FIELD (documents sharing its value form a pair: one positive, one or more negatives), "
+            f"or drop {', '.join(paired)}"
+        )
+    unpaired = [c for k, c in enumerate(labels.concepts) if not labels.pairs_of(k)]
+    if unpaired:
+        raise SolverInputError(
+            f"concept(s) {unpaired} have no pairs ({labels.pairing}) for aggregator(s) {paired}: add paired "
+            f"documents or drop {', '.join(paired)}"
+        )
+
+
+def resolve_layers(spec: str | Sequence[int], cached: Sequence[int], n_layers: int | None = None) -> tuple[int, ...]:
+    """'all', '8,15', '-1' or a list -> layers, each of which must be in the cache.
+
+    `n_layers`: the model's decoder layer count (`model_layer_count(reader.fingerprint)`), from whose end a negative
+    layer counts, as in the build: -1 is the model's last layer, whether or not the cache holds it.
+    """
+    wanted, missing = select_layers(spec, cached, n_layers)
+    if missing:
+        counted = (f" (negative layers count back from the model's {n_layers} layers: -1 is layer {n_layers - 1})"
+                   if n_layers is not None and any(layer < 0 for layer in missing) else "")
+        raise SolverInputError(
+            f"layer(s) {missing} not in the cache{counted}: it holds layers {list(cached)}; pick from these "
             f"or rebuild the cache with --layers including them"
         )
     return wanted
@@ -79,22 +112,21 @@ def check_pooling_lengths(docs: Sequence, labels: LabelSets, poolings: Sequence[
                 )
 
 
-def resolve_device(device: str) -> str:
-    """'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when present) -> a torch device string."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SolverInputError(f"--device {device}: no CUDA device here; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SolverInputError(f"--device {device!r}: use cpu, cuda or auto")
-    return device
+OUTPUT_MARKERS = ("readout.json", "comparison.json")  # what a solve / a sweep output folder holds
 
 
-def check_new_output(out_dir: str | os.PathLike[str]) -> Path:
-    """The output directory must not exist yet (a readout is never overwritten or mixed)."""
+def check_output(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """The output folder must not exist, unless `overwrite` and it is an earlier solve/sweep output or empty
+    (so --overwrite can never delete a folder of other files). The new output replaces it atomically."""
     out = Path(out_dir)
-    if out.exists():
-        raise SolverInputError(f"output directory {out} exists: choose a new path or remove it")
+    if not out.exists():
+        return out
+    if not overwrite:
+        raise SolverInputError(f"output directory {out} exists: pass --overwrite to replace it, or choose a new path")
+    earlier = out.is_dir() and (not any(out.iterdir()) or any((out / m).is_file() for m in OUTPUT_MARKERS))
+    if not earlier:
+        raise SolverInputError(
+            f"output path {out} is not an earlier solve or sweep output (no {' or '.join(OUTPUT_MARKERS)}): "
+            f"--overwrite only replaces those; choose a new path"
+        )
     return out

@@ -15,8 +15,8 @@ from actcache.solvers.aggregators import pair_store
 from actcache.solvers.errors import SolverInputError
 from actcache.solvers.labels import NEGATIVE_ONLY, LabelSets
 from actcache.solvers.pooling import Pooling
-from actcache.solvers.stats import Device, MomentTotals, PooledStore, ProjectorTotals
 from actcache.solvers.subspace import trajectory_basis
+from actcache.solvers.sufficient_stats import Device, MomentTotals, PooledStore, PositionShare, ProjectorTotals
 from torch import Tensor
 
 
@@ -43,7 +43,8 @@ class PassPlan:
 
     def memory_bytes(self, labels: LabelSets, width: int) -> int:
         """Upper bound of the accumulators' memory, for a --max-memory check before the pass starts."""
-        per_pooling = (2 if self.squares else 1) * (len(labels.concepts) + 1) * width * 8
+        rows = len(labels.concepts) + 1  # MomentTotals: sums (and squares), counts, the shift vector
+        per_pooling = (2 if self.squares else 1) * rows * width * 8 + rows * 8 + width * 8
         stored = 0
         if self.quality_cap is not None:
             stored += sum(min(len(labels.positives(c)), self.quality_cap) for c in range(len(labels.concepts)))
@@ -53,7 +54,8 @@ class PassPlan:
         if self.subspace_concepts is not None:
             matrices = len(self.subspace_concepts) + int(self.subspace_total)
         n_pool = len(self.poolings)
-        return n_pool * (per_pooling + stored * width * 4) + ProjectorTotals.bytes_needed(width, matrices)
+        shares = sum(p.kind != "last" for p in self.poolings) * PositionShare().nbytes
+        return n_pool * (per_pooling + stored * width * 4) + shares + ProjectorTotals.bytes_needed(width, matrices)
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,22 @@ class LayerStats:
     positives: dict[str, PooledStore]
     pairs: dict[str, PooledStore]
     projectors: ProjectorTotals | None
+    position_share: dict[str, PositionShare]  # poolings that average several tokens
 
 
 class LayerPass:
     """Accumulators of one (hook, layer) for a `PassPlan`; documents outside the fitted split are ignored.
 
     Pooled vectors are buffered and added `batch` at a time (one small tensor op per document is slow);
-    `finish()` flushes and returns the statistics.
+    `finish()` flushes and returns the statistics. Non-finite input is refused (it would spread through every
+    sum); `source` (e.g. "resid_post layer 8") names where the rows came from in that error.
     """
 
     def __init__(
-        self, labels: LabelSets, width: int, plan: PassPlan, *, device: Device = "cpu", batch: int = 256
+        self, labels: LabelSets, width: int, plan: PassPlan, *, device: Device = "cpu", batch: int = 256,
+        source: str = "input",
     ) -> None:
-        self.labels, self.width, self.plan, self.batch = labels, width, plan, batch
+        self.labels, self.width, self.plan, self.batch, self.source = labels, width, plan, batch, source
         self.device = torch.device(device)
         n_c = len(labels.concepts)
         self._moments = {str(p): MomentTotals(n_c, width, squares=plan.squares, device=device) for p in plan.poolings}
@@ -91,6 +96,7 @@ class LayerPass:
                 width, concepts=plan.subspace_concepts, with_total=plan.subspace_total, device=device
             )
         self._pooled: dict[str, list[Tensor]] = {str(p): [] for p in plan.poolings}
+        self._shares = {str(p): PositionShare() for p in plan.poolings if p.kind != "last"}
         self._concepts: list[int] = []
 
     def feed(self, doc: int, h: np.ndarray | Tensor) -> None:
@@ -101,9 +107,17 @@ class LayerPass:
         x = torch.as_tensor(h).to(self.device)  # (n_tok, d)
         if x.shape[-1] != self.width:
             raise ValueError(f"document {key}: width {x.shape[-1]} but the pass expects {self.width}")
+        if not bool(torch.isfinite(x).all()):
+            raise SolverInputError(
+                f"{self.source}: document {key} has non-finite values (NaN/inf): run `actcache verify` on the "
+                f"cache; if it passes, the model produced them: rebuild in bfloat16 or float32, or leave it out"
+            )
         for pooling in self.plan.poolings:
             name = str(pooling)
             pooled = pooling(x, key)  # (d,)
+            if name in self._shares:
+                rows = pooling.token_slice(x.shape[0], key)
+                self._shares[name].add(x[rows], rows.start)
             self._pooled[name].append(pooled.clone())  # a view would keep the whole stream block alive
             if name in self._positives:
                 self._positives[name].add(doc, pooled)
@@ -129,7 +143,7 @@ class LayerPass:
         self._flush()
         if self._projectors is not None:
             self._projectors.flush()
-        return LayerStats(self._moments, self._positives, self._pairs, self._projectors)
+        return LayerStats(self._moments, self._positives, self._pairs, self._projectors, self._shares)
 
 
 def subspace_batches(concepts: Sequence[int], width: int, budget_bytes: int) -> list[tuple[int, ...]]:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import torch
 from actcache.solvers.aggregators import AGGREGATORS, paired_samples
 from actcache.solvers.caa import caa_directions
-from actcache.solvers.evaluate import projection_auroc
+from actcache.solvers.evaluate import projection_auroc, projection_separation
 from actcache.solvers.executor import Executor
 from actcache.solvers.labels import LabelSets
 from actcache.solvers.layer_pass import LayerPass, LayerStats, PassPlan
 from actcache.solvers.pooling import Pooling
-from actcache.solvers.stats import MomentTotals, ProjectorTotals
 from actcache.solvers.subspace import SubspaceEigen, oriented_direction, subspace_eigen
+from actcache.solvers.sufficient_stats import MomentTotals, ProjectorTotals
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -56,11 +56,12 @@ def read_layer(stream: Stream, hook: str, layer: int, width: int, plan: PassPlan
                test_poolings: Sequence[Pooling] = (), keys: Sequence[str] | None = None) -> LayerRead:
     """Feed every fitted document of (hook, layer) (or of `keys`) to a `LayerPass`; pool held-out ones."""
     labels = stream.labels
-    lp = LayerPass(labels, width, plan, device=stream.device)
+    lp = LayerPass(labels, width, plan, device=stream.device, source=f"{hook} layer {layer}")
     test_docs: list[int] = []
     pooled: dict[str, list[Tensor]] = {str(p): [] for p in test_poolings}
     wanted = stream.wanted_keys() if keys is None else keys
-    for doc, rows in stream.reader.iter_activations(hook, layer, wanted, block_bytes=stream.block_bytes):
+    for doc, rows in stream.reader.iter_activations(hook, layer, wanted, block_bytes=stream.block_bytes,
+                                                    check_finite=True):
         i = stream.index_of[doc.key]
         if labels.fit[i]:
             lp.feed(i, rows)
@@ -139,13 +140,15 @@ def layer_vectors(labels: LabelSets, stats: LayerStats, poolings: Sequence[Pooli
 
 def heldout_scores(vectors: Tensor, read: LayerRead, pooling: Pooling, moments: MomentTotals,
                    labels: LabelSets) -> dict[str, list[float | None]]:
-    """Per concept on the test split: AUROC of the projections, and the balanced accuracy of the threshold
-    halfway between the projected train means of positives and negatives."""
+    """Per concept on the test split: AUROC of the projections, the balanced accuracy of the threshold halfway
+    between the projected train means of positives and negatives, and the separation in standard deviations."""
     pooled = read.test_pooled[str(pooling)]
     concept_of = [labels.concept_of[i] for i in read.test_docs]
     auroc: list[float | None] = [None] * vectors.shape[0]
+    separation: list[float | None] = [None] * vectors.shape[0]
     if concept_of:
         auroc = projection_auroc(vectors, pooled, concept_of)
+        separation = projection_separation(vectors, pooled, concept_of)
     accuracy: list[float | None] = []
     truth = torch.as_tensor(concept_of, dtype=torch.long)
     for c in range(vectors.shape[0]):
@@ -160,4 +163,4 @@ def heldout_scores(vectors: Tensor, read: LayerRead, pooling: Pooling, moments: 
         tpr = float(predicted[positive].double().mean())
         tnr = float((~predicted[~positive]).double().mean())
         accuracy.append((tpr + tnr) / 2)
-    return {"auroc": auroc, "balanced_accuracy": accuracy}
+    return {"auroc": auroc, "balanced_accuracy": accuracy, "separation": separation}

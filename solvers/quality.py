@@ -14,6 +14,8 @@ from torch import Tensor
 
 CLEAN_PC, FRAGMENTED_PC = 0.7, 0.4
 REDUNDANT_R2, CONTAMINATED_COS, SINGLE_NEURON_COS = 0.9, 0.8, 0.6
+# every label `triage` gives, cleanest first (the order reports list them in)
+TRIAGE_ORDER = ("clean single-neuron", "clean low-dim circuit", "mixed", "fragmented", "contaminated", "redundant")
 
 
 def middle_layer(layers: Sequence[int]) -> int:

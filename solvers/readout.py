@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,8 @@ class Readout:
         }
 
     def tensors(self, method: str) -> dict[str, Tensor]:
-        """float16 unit rows per layer; a zero row (no direction found) is an error naming it."""
+        """float16 unit rows per layer; a zero or non-finite row (no direction found, or NaN input) is an error
+        naming it, so no readout file ever holds NaN or inf."""
         out = {}
         for layer in self.layers:
             v = self.vectors[layer].float()  # (C, d)
@@ -53,6 +53,10 @@ class Readout:
                     f"{method} layer {layer}: vectors of shape {tuple(v.shape)}, expected "
                     f"({len(self.concepts)}, {self.hidden_size}): pass one row per concept"
                 )
+            non_finite = [self.concepts[i] for i in torch.nonzero(~torch.isfinite(v).all(dim=1)).flatten().tolist()]
+            if non_finite:
+                raise SolverInputError(f"{method} layer {layer}: non-finite values in the vector of {non_finite}: "
+                                       f"its input was not finite; run `actcache verify` on the cache")
             norms = v.norm(dim=1)
             bad = [self.concepts[i] for i in torch.nonzero(norms < 1e-6).flatten().tolist()]
             if bad:
@@ -76,17 +80,20 @@ def write_readout(
     primary: str,
     quality: Mapping[str, object] | None = None,
     report: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write every method's readout (`primary` also as readout.safetensors), quality.json and report.md."""
+    """Write every method's readout (`primary` also as readout.safetensors), quality.json and report.md.
+
+    An existing `out_dir` is refused unless `overwrite` (the caller has checked it is an earlier output)."""
+    from actcache.storage.atomic_dir import atomic_dir
+
     out = Path(out_dir)
-    if out.exists():
-        raise SolverInputError(f"output directory {out} exists: choose a new path or remove it")
+    if out.exists() and not overwrite:
+        raise SolverInputError(f"output directory {out} exists: pass --overwrite to replace it, or choose a new path")
     if primary not in methods:
         raise SolverInputError(f"primary method {primary!r} not among {sorted(methods)}: pick one of them")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "methods").mkdir(parents=True)
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "methods").mkdir()
         _write_one(tmp, "readout", methods[primary], primary, {"methods": sorted(methods)})
         for name, readout in methods.items():  # every method in its own file, the primary too
             _write_one(tmp / "methods", name, readout, name, {})
@@ -94,10 +101,6 @@ def write_readout(
             (tmp / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
         if report is not None:
             (tmp / "report.md").write_text(report)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

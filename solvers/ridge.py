@@ -10,8 +10,8 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class RidgeResult:
-    r2: float  # 1 - |t - recon|^2 / |t|^2; > 0.9 means redundant
-    residual_norm: float
+    r2: float | None  # 1 - |t - recon|^2 / |t|^2; > 0.9 means redundant; None with no other concept
+    residual_norm: float | None
     top: list[tuple[str, float]]  # top contributors by |weight|, signed weight
 
     def to_dict(self) -> dict[str, object]:
@@ -32,7 +32,7 @@ def ridge_reconstruction(
     for t in range(v.shape[0]):
         others = [i for i in range(v.shape[0]) if i != t]
         if not others:
-            out.append(RidgeResult(0.0, float(v[t].norm()), []))
+            out.append(RidgeResult(None, None, []))  # nothing to reconstruct it from: n/a, not 0
             continue
         idx = torch.tensor(others, device=v.device)
         lhs = gram[idx][:, idx] + lam * torch.eye(len(others), dtype=v.dtype, device=v.device)  # (C-1, C-1)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from actcache.solvers.caa import normalize
+from actcache.solvers.errors import SolverInputError
 from torch import Tensor
 
 REL_TOL = 1e-6  # Deviation 1: singular values <= REL_TOL x the largest are dropped
@@ -29,8 +30,11 @@ def trajectory_basis(h: Tensor, k: int | None = None, rel_tol: float = REL_TOL) 
     and subtracted in float64 (then the SVD runs in float32): subtracting in float32 leaves a residue of
     eps x |offset| that, with the large offsets of real activations, lifts the null singular value above
     the threshold. One token, a failed SVD or a constant trajectory fall back to the normalised last-token
-    vector as a single column.
+    vector as a single column. Non-finite input is refused, never replaced by that fallback.
     """
+    if not bool(torch.isfinite(h).all()):
+        raise SolverInputError("a token trajectory has non-finite values (NaN/inf): run `actcache verify` on the "
+                               "cache, and leave the document out if it passes")
     if h.shape[0] < 2:
         return _last_token_basis(h)
     x = h.double()

@@ -8,59 +8,38 @@ variant's held-out AUROC and balanced accuracy.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from actcache.solvers.aggregators import AGGREGATORS
-from actcache.solvers.errors import SolverInputError
-from actcache.solvers.executor import make_executor, torch_threads
-from actcache.solvers.job_inputs import (
-    LabelSpec,
-    build_labels,
-    check_new_output,
-    check_pooling_lengths,
-    parse_poolings,
-    resolve_device,
-    resolve_layers,
-)
-from actcache.solvers.layer_pass import PassPlan, subspace_batches
-from actcache.solvers.layer_solve import (
-    VECTOR_METHODS,
-    Stream,
-    heldout_scores,
-    layer_vectors,
-    read_layer,
-    subspace_eigens,
-)
-from actcache.solvers.memory import pin_malloc_thresholds, plan_memory
+from actcache.solvers.defaults import SWEEP_METHODS, SWEEP_POOLINGS
 from actcache.solvers.readout import Readout, write_readout
-from torch import Tensor
+from actcache.solvers.run_setup import LayerVariants, RunSettings, open_run, plan_run, run_layers
 
-__all__ = ["SweepSettings", "SweepResult", "sweep_cache", "variant_name"]
+__all__ = ["SweepSettings", "SweepResult", "sweep_cache", "variant_name", "DEFAULT_POOLINGS", "FULL_TABLE_ROWS"]
+
+DEFAULT_POOLINGS = SWEEP_POOLINGS
+FULL_TABLE_ROWS = 8  # above this many variants the cosine table is summarised (full matrix in cosine.csv)
+NEAREST = 3
 
 
-@dataclass(frozen=True)
-class SweepSettings:
-    poolings: tuple[str, ...] = ("last", "mean")
-    methods: tuple[str, ...] = ("caa", "pca", "logistic", "subspace")
-    layers: str | tuple[int, ...] = "all"
-    labels: LabelSpec = field(default_factory=LabelSpec)
-    max_memory: int | None = None
-    device: str = "cpu"
-    workers: int = 1
-    threads: int | None = 1
-    eigen_k: int = 5
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings(RunSettings):
+    """Everything a sweep depends on: the shared options plus the grid."""
+
+    poolings: tuple[str, ...] = DEFAULT_POOLINGS
+    methods: tuple[str, ...] = SWEEP_METHODS
 
 
 def variant_name(method: str, pooling: str) -> str:
-    """Directory name of a variant, e.g. caa__mean-skip-4."""
-    return f"{method}__{pooling.replace(':', '-')}"
+    """Folder name of a variant, the pooling marked so no two variants read alike: e.g. `caa__pool-last`,
+    `mean__pool-mean` (aggregator mean, pooling mean), `pca__pool-mean-skip-1`."""
+    return f"{method}__pool-{pooling.replace(':', '-')}"
 
 
 @dataclass(frozen=True)
@@ -72,11 +51,12 @@ class SweepResult:
     cosine: dict[str, dict[str, float]]  # variant -> variant -> mean cosine over concepts and layers
     heldout: dict[str, dict[int, dict[str, float | None]]]  # variant -> layer -> mean auroc / balanced accuracy
     seconds: float
+    notes: tuple[str, ...] = field(default=())  # warnings (e.g. a pooling dominated by one position)
 
     def summary(self) -> str:
         return (f"swept {len(self.variants)} variants x {len(self.layers)} layer(s) x {len(self.concepts)} "
                 f"concept(s) in {self.seconds:.1f} s\nreadouts  {self.out_dir / 'variants'}/<variant>/"
-                f"readout.safetensors\n" + comparison_table(self))
+                f"readout.safetensors\n" + comparison_table(self) + "".join(f"note: {n}\n" for n in self.notes))
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -97,112 +77,86 @@ def comparison_table(result: SweepResult) -> str:
                 cells.append(" / ".join("-" if s[k] is None else f"{s[k]:.3f}" for k in ("auroc", "balanced_accuracy")))
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["cosine between variants (mean over concepts and layers):", "",
-              "| | " + " | ".join(result.variants) + " |", "|---|" + "---|" * len(result.variants)]
-    for a in result.variants:
-        lines.append(f"| {a} | " + " | ".join(f"{result.cosine[a][b]:.3f}" for b in result.variants) + " |")
+    lines += cosine_table(result.variants, result.cosine)
     return "\n".join(lines) + "\n"
+
+
+def cosine_table(variants: tuple[str, ...], cosine: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown lines: the full cosine matrix up to FULL_TABLE_ROWS variants, else each variant's NEAREST
+    nearest variants (the full matrix is in cosine.csv)."""
+    if len(variants) <= FULL_TABLE_ROWS:
+        lines = ["cosine between variants (mean over concepts and layers):", "",
+                 "| | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        return lines + [f"| {a} | " + " | ".join(f"{cosine[a][b]:.3f}" for b in variants) + " |" for a in variants]
+    lines = [f"nearest variants by cosine (mean over concepts and layers; all {len(variants)} x {len(variants)} "
+             f"in cosine.csv):", "", "| variant | " + " | ".join(f"#{k + 1}" for k in range(NEAREST)) + " |",
+             "|---|" + "---|" * NEAREST]
+    for a in variants:
+        near = sorted((b for b in variants if b != a), key=lambda b: -cosine[a][b])[:NEAREST]
+        lines.append(f"| {a} | " + " | ".join(f"{b} {cosine[a][b]:.3f}" for b in near) + " |")
+    return lines
 
 
 def sweep_cache(cache_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 settings: SweepSettings | None = None) -> SweepResult:
     """Compute every (pooling, method) variant at every layer with one read per stream; write and compare."""
-    from actcache.storage import open_cache
-
     settings = settings or SweepSettings()
     started = time.perf_counter()
-    out = check_new_output(out_dir)
-    unknown = [m for m in settings.methods if m not in VECTOR_METHODS]
-    if unknown or not settings.methods:
-        raise SolverInputError(f"sweep method(s) {unknown} give no vectors: use some of {', '.join(VECTOR_METHODS)}")
-    reader = open_cache(Path(cache_path))
-    docs = reader.documents()
-    labels = build_labels(docs, settings.labels)
-    layers = resolve_layers(settings.layers, reader.layers)
-    poolings = parse_poolings(settings.poolings)
-    check_pooling_lengths(docs, labels, poolings)
-    methods = tuple(dict.fromkeys(settings.methods))
-    width = reader.width("resid_post")
-    n_c = len(labels.concepts)
-    plan = PassPlan(poolings, pairs=any(m in AGGREGATORS for m in methods))
-    longest = max(d.n_tokens for d, f, t in zip(docs, labels.fit, labels.test, strict=True) if f or t)
-    test_bytes = sum(labels.test) * width * 4 * len(poolings)
-    memory = plan_memory(settings.max_memory, width=width, longest_document=longest,
-                         accumulators=2 * plan.memory_bytes(labels, width) + test_bytes,
-                         subspace="subspace" in methods,
-                         kept=len(poolings) * len(methods) * len(layers) * n_c * width * 4)
-    batches = subspace_batches(range(n_c), width, memory.subspace) if "subspace" in methods else None
-    if batches is not None:
-        plan = PassPlan(poolings, pairs=plan.pairs, subspace_concepts=batches[0])
-    stream = Stream(reader, labels, resolve_device(settings.device), memory.stream_block)
-    if settings.max_memory is not None:
-        pin_malloc_thresholds()
-    executor = make_executor(settings.workers)
-    vectors: dict[int, dict[tuple[str, str], Tensor]] = {}
-    scores: dict[int, dict[tuple[str, str], dict[str, list[float | None]]]] = {}
-    try:
-        with torch_threads(settings.threads):
-            for layer in layers:
-                read = read_layer(stream, "resid_post", layer, width, plan, test_poolings=poolings)
-                eigens = None
-                if batches is not None:
-                    eigens = subspace_eigens(stream, layer, width, read.stats, batches, executor, settings.eigen_k)
-                vectors[layer] = layer_vectors(labels, read.stats, poolings, methods, eigens, executor)
-                if any(labels.test):
-                    scores[layer] = {
-                        (p, m): heldout_scores(v, read, next(q for q in poolings if str(q) == p),
-                                               read.stats.moments[p], labels)
-                        for (p, m), v in vectors[layer].items()
-                    }
-    finally:
-        executor.shutdown()
-    return _write(out, labels.concepts, layers, width, [str(p) for p in poolings], methods, vectors, scores,
+    inputs = open_run(cache_path, out_dir, settings)
+    run = plan_run(inputs, settings, settings.poolings, settings.methods)
+    per_layer, notes = run_layers(run, lambda variants, executor: variants)
+    return _write(inputs.out, per_layer, inputs.labels.concepts, [str(p) for p in run.poolings], run.methods, notes,
                   time.perf_counter() - started, settings)
 
 
-def _write(out: Path, *args: Any) -> SweepResult:
-    """Write under a hidden temporary sibling renamed at the end: the sweep's output is complete or absent."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        result = _write_into(tmp, *args)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return replace(result, out_dir=out)
+def _write(out: Path, per_layer: dict[int, LayerVariants], concepts: tuple[str, ...], poolings: list[str],
+           methods: tuple[str, ...], notes: list[str], seconds: float, settings: SweepSettings) -> SweepResult:
+    """Write under a temporary sibling renamed at the end (storage.atomic_dir): complete or absent."""
+    from actcache.storage.atomic_dir import atomic_dir
+
+    with atomic_dir(out, overwrite=settings.overwrite) as tmp:
+        result = _write_into(tmp, per_layer, concepts, poolings, methods, notes, seconds, settings)
+    return SweepResult(out, *result)
 
 
-def _write_into(out: Path, concepts: tuple[str, ...], layers: tuple[int, ...], width: int, poolings: list[str],
-           methods: tuple[str, ...], vectors: dict[int, dict[tuple[str, str], Tensor]],
-           scores: dict[int, dict[tuple[str, str], dict[str, list[float | None]]]], seconds: float,
-           settings: SweepSettings) -> SweepResult:
+def _write_into(out: Path, per_layer: dict[int, LayerVariants], concepts: tuple[str, ...], poolings: list[str],
+                methods: tuple[str, ...], notes: list[str], seconds: float, settings: SweepSettings,
+                ) -> tuple[Any, ...]:
+    first = next(iter(per_layer.values()))
+    layers = tuple(per_layer)
     keys = [(p, m) for p in poolings for m in methods]
     names = {k: variant_name(k[1], k[0]) for k in keys}
-    (out / "variants").mkdir(parents=True)
+    width = first.vectors[keys[0]].shape[1]
+    (out / "variants").mkdir()
     for key in keys:
-        readout = Readout(concepts, layers, width, {layer: vectors[layer][key] for layer in layers})
+        readout = Readout(concepts, layers, width, {layer: per_layer[layer].vectors[key] for layer in layers})
         write_readout(out / "variants" / names[key], {key[1]: readout}, primary=key[1])
     cosine = {
-        names[a]: {names[b]: float(torch.stack([(vectors[layer][a] * vectors[layer][b]).sum(dim=1)
-                                                for layer in layers]).mean()) for b in keys}
+        names[a]: {names[b]: float(torch.stack([(v.vectors[a] * v.vectors[b]).sum(dim=1)
+                                                for v in per_layer.values()]).mean()) for b in keys}
         for a in keys
     }
+    scored = bool(first.scores)
     heldout = {
-        names[k]: {layer: {s: _mean(scores[layer][k][s]) for s in ("auroc", "balanced_accuracy")}
+        names[k]: {layer: {s: _mean(per_layer[layer].scores[k][s]) for s in ("auroc", "balanced_accuracy")}
                    for layer in layers}
         for k in keys
-    } if scores else {}
-    result = SweepResult(out, tuple(names[k] for k in keys), layers, concepts, cosine, heldout, seconds)
+    } if scored else {}
+    variants = tuple(names[k] for k in keys)
+    fields = (variants, layers, concepts, cosine, heldout, seconds, tuple(notes))
     per_concept = {
-        names[k]: {str(layer): scores[layer][k] for layer in layers} for k in keys
-    } if scores else {}
+        names[k]: {str(layer): per_layer[layer].scores[k] for layer in layers} for k in keys
+    } if scored else {}
     (out / "comparison.json").write_text(json.dumps({
-        "variants": list(result.variants), "layers": list(layers), "concepts": list(concepts),
+        "variants": list(variants), "layers": list(layers), "concepts": list(concepts),
         "cosine": cosine, "heldout_mean": {v: {str(k): s for k, s in d.items()} for v, d in heldout.items()},
-        "heldout_per_concept": per_concept, "seconds": seconds,
-        "settings": {"poolings": poolings, "methods": list(methods), "labels": settings.labels.to_dict()},
+        "heldout_per_concept": per_concept, "seconds": seconds, "notes": notes,
+        "settings": settings.to_dict(),
     }, indent=2) + "\n")
-    (out / "comparison.md").write_text("# Sweep comparison\n\n" + comparison_table(result))
-    return result
-
+    with (out / "cosine.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", *variants])
+        writer.writerows([[a, *(f"{cosine[a][b]:.6f}" for b in variants)] for a in variants])
+    table = comparison_table(SweepResult(out, *fields))
+    (out / "comparison.md").write_text("# Sweep comparison\n\n" + table + "".join(f"\nnote: {n}" for n in notes))
+    return fields

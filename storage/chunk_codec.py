@@ -3,11 +3,13 @@
 zarr's generic write path (event loop, buffers, codec pipeline) costs about 2.7x the compression itself on this
 machine (~100 vs ~270 MB per CPU-second for 1 MiB chunks): too much beside a forward pass. Writers therefore
 encode whole chunks here with the same numcodecs objects zarr uses and store them under zarr's chunk keys; zarr
-remains the reader, and every test reads what this wrote through zarr.
+remains the reader, and every test reads what this wrote through zarr. The token loader decodes whole chunks
+the same way (`ChunkDecoder`: zarr's read path has the same overhead); its tests compare with zarr's reads.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import google_crc32c
@@ -17,17 +19,27 @@ from numcodecs import Shuffle, Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.codecs.numcodecs import Shuffle as ZarrShuffle
 
-__all__ = ["ChunkEncoder"]
+from .durable import write_durably
+from .errors import CorruptCacheError
+from .layout import chunk_key
+
+__all__ = ["ChunkDecoder", "ChunkEncoder"]
+
+
+def _activation_codecs(array: zarr.Array, folder: Path) -> list:
+    """The codecs of an activation array, refused unless they are the chain this module writes and reads."""
+    codecs = list(array.metadata.codecs)  # type: ignore[union-attr]
+    kinds = [type(c) for c in codecs]
+    if kinds != [BytesCodec, ZarrShuffle, ZstdCodec, Crc32cCodec] or codecs[2].checksum:
+        raise ValueError(f"{folder}: unexpected codec chain {kinds}; this cache was not written by actcache")
+    return codecs
 
 
 class ChunkEncoder:
     """bytes (little endian) -> numcodecs.shuffle -> zstd -> crc32c, the chain `CacheWriter` gives activations."""
 
     def __init__(self, array: zarr.Array, folder: Path) -> None:
-        codecs = list(array.metadata.codecs)  # type: ignore[union-attr]
-        kinds = [type(c) for c in codecs]
-        if kinds != [BytesCodec, ZarrShuffle, ZstdCodec, Crc32cCodec] or codecs[2].checksum:
-            raise ValueError(f"{folder}: unexpected codec chain {kinds}; this cache was not written by actcache")
+        codecs = _activation_codecs(array, folder)
         self.chunk_rows = int(array.chunks[0])
         self.width = int(array.shape[1])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
@@ -48,7 +60,68 @@ class ChunkEncoder:
         return bytes(payload) + checksum
 
     def write(self, chunk_index: int, rows: np.ndarray) -> None:
-        """Store one chunk under zarr's default v3 key `c/<row chunk>/0`."""
-        path = self.folder / "c" / str(chunk_index) / "0"
+        """Store one chunk under zarr's default v3 key (`layout.chunk_key`), fsynced on the writer's own thread so
+        that a commit never waits for a unit's worth of dirty pages."""
+        path = self.folder / chunk_key(chunk_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.encode(rows))
+        write_durably(path, self.encode(rows))
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """A byte buffer of the calling thread, reused across calls."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    if nbytes not in buffers:
+        buffers[nbytes] = np.empty(nbytes, np.uint8)
+    return buffers[nbytes]
+
+
+class ChunkDecoder:
+    """The inverse chain for readers that need speed (the token loader): file -> crc32c check -> zstd -> unshuffle.
+
+    Every step but the first check runs without the GIL (file reads, zstd, numpy byte copies), so decoding threads
+    scale with cores; numcodecs' own unshuffle holds the GIL (measured: no gain from a second thread), hence the
+    byte-plane copies below. A missing chunk file or a bad checksum is a CorruptCacheError, never NaN fill.
+    """
+
+    def __init__(self, array: zarr.Array, folder: Path) -> None:
+        _activation_codecs(array, folder)
+        self.chunk_rows = int(array.chunks[0])
+        self.width = int(array.shape[1])
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.folder = folder
+        self._zstd = Zstd()
+
+    def planes(self, chunk_index: int) -> np.ndarray:
+        """The chunk's decompressed bytes as [itemsize, chunk_rows * width] byte planes (the shuffled layout).
+
+        They live in a buffer of the calling thread, valid until its next call: a fresh megabyte per chunk would
+        cost more in page faults than zstd costs (measured: ~2x the decode time in kernel time).
+        """
+        path = self.folder / chunk_key(chunk_index)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptCacheError(f"{path} is missing but its unit is committed: run `actcache verify "
+                                    f"{self.folder.parents[3]}` to list the damaged documents") from None
+        payload = data[:-4]
+        if len(data) < 4 or google_crc32c.value(payload) != int.from_bytes(data[-4:], "little"):
+            raise CorruptCacheError(f"{path}: crc32c checksum mismatch: run `actcache verify` on the cache")
+        size = self.dtype.itemsize
+        raw = _scratch(self.chunk_rows * self.width * size)
+        try:  # the checksum above already vouches for the bytes; zstd refuses a frame larger than a chunk
+            self._zstd.decode(payload, out=raw)
+        except (RuntimeError, ValueError) as error:
+            raise CorruptCacheError(f"{path}: does not decode to {self.chunk_rows}x{self.width} values of {size} "
+                                    f"bytes ({error}): run `actcache verify` on the cache") from None
+        return raw.reshape(size, -1)
+
+    def unshuffle(self, planes: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+        """Write the chunk's rows [start, stop) into `out` ([stop - start, width], C-contiguous, stored dtype)."""
+        size = self.dtype.itemsize
+        target = out.reshape(-1).view(np.uint8).reshape(-1, size)  # (values, bytes)
+        lo, hi = start * self.width, stop * self.width
+        for byte in range(size):
+            target[:, byte] = planes[byte, lo:hi]

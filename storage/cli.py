@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any
-
-from tqdm import tqdm
-
-from .gc import collect_garbage
-from .reader import open_cache
-from .verify import verify_cache
 
 __all__ = ["register", "format_info"]
 
@@ -24,43 +19,75 @@ def register(subparsers: Any) -> None:
     verify.add_argument("cache", help="cache folder")
     verify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     verify.set_defaults(func=run_verify)
-    gc = subparsers.add_parser("gc", help="delete segments left uncommitted by crashed writers")
+    gc = subparsers.add_parser("gc", help="delete segments and temp files left by crashed writers")
     gc.add_argument("cache", help="cache folder")
     gc.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
-                    help="only segments untouched this long (protects running writers; default 3600)")
+                    help="segments no writer claims (written by an older actcache): only those untouched this long; "
+                         "a claimed segment is kept while its writer's lease is renewed")
     gc.add_argument("--dry-run", action="store_true", help="list, do not delete")
     gc.set_defaults(func=run_gc)
+    from .stats_command import register as register_stats
+
+    register_stats(subparsers)
 
 
 def format_info(info: dict[str, Any]) -> str:
     ratio = info["compression_ratio"]
     hooks = ", ".join(f"{h} [{info['widths'][h]}]" for h in info["hooks"])
+    model = info["model"]
+    name = model["name"] or "?"
     lines = [
         f"cache        {info['path']}",
-        f"model        {info['model'].get('name') or info['model'].get('architecture', '?')} "
-        f"(fingerprint {info['model_digest']})",
-        f"dtype        {info['dtype']}",
-        f"hooks        {hooks}",
-        f"layers       {', '.join(map(str, info['layers']))}",
+        f"model        {name}" + (f" ({model['architecture']})" if model["architecture"] else "")
+        + f", digest {model['digest']} (weights + config)",
+        f"capture      hooks {hooks}",
+        f"             layers {', '.join(map(str, info['layers']))}",
+        f"             {info['dtype']}, up to {info['max_length']} tokens ({info['truncation_side']} truncation)",
+        f"fingerprint  {info['cache_fingerprint']} (model + tokenizer + dtype + capture: an append must match it)",
         f"documents    {info['documents']} ({info['truncated_documents']} truncated to {info['max_length']} tokens)",
+        *_label_lines(info["label_fields"]),
         f"tokens       {info['tokens']} in {info['units']} committed units",
         f"on disk      {info['bytes_on_disk'] / 2**20:.1f} MiB "
-        f"(activations {info['activation_bytes_stored'] / 2**20:.1f} MiB, "
+        f"(committed activations {info['activation_bytes_stored'] / 2**20:.1f} MiB, "
         f"raw {info['activation_bytes_raw'] / 2**20:.1f} MiB, "
         f"compression {'n/a' if ratio is None else f'{ratio:.2f}x'})",
     ]
     if info["uncommitted_segments"]:
-        lines.append(f"uncommitted  {info['uncommitted_segments']} segment(s) left by interrupted writers (invisible)")
+        lines.append(f"uncommitted  {info['uncommitted_segments']} segment(s), "
+                     f"{info['uncommitted_bytes'] / 2**20:.1f} MiB, being written or left by interrupted writers "
+                     f"(invisible; `actcache gc` removes the latter)")
+    for version in info.get("annotation_versions", []):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(version["created"]))
+        lines.append(f"labels v{version['version']:<4} {when}  {version['documents']} document(s) relabelled from "
+                     f"{version['source']}")
     return "\n".join(lines)
 
 
+def _label_lines(fields: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per label field: its most common values with counts, and how many others."""
+    lines = []
+    for i, (name, field) in enumerate(fields.items()):
+        shown = ", ".join(f"{value} ({n})" for value, n in field["most_common"])
+        others = field["distinct"] - len(field["most_common"])
+        lines.append(f"{'labels' if i == 0 else '':<13}{name}: {shown}" + (f" and {others} more" if others else "")
+                     + f" in {field['documents']} documents")
+    return lines or ["labels       none"]
+
+
 def run_info(args: argparse.Namespace) -> int:
+    from .reader import open_cache
+
     info = open_cache(args.cache).info()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .reader import open_cache
+    from .verify import verify_cache
+
     cache = open_cache(args.cache)  # also refuses a path that is not a cache, before the bar starts
     total = sum(m.n_chunks for record in cache.commit_records() for m in record.arrays.values())
     with tqdm(total=total, unit="chunk", desc="verify", disable=args.no_progress, dynamic_ncols=True) as bar:
@@ -76,7 +103,14 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    removed = collect_garbage(args.cache, args.older_than, args.dry_run)
+    from .gc import collect_garbage
+
+    report = collect_garbage(args.cache, args.older_than, args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {len(removed)} uncommitted segment(s)" + (f": {', '.join(removed)}" if removed else ""))
+    print(f"{verb} {len(report.segments)} uncommitted segment(s)"
+          + (f": {', '.join(report.segments)}" if report.segments else ""))
+    if report.temp_files:
+        print(f"{verb} {len(report.temp_files)} temp file(s) of killed writers: {', '.join(report.temp_files)}")
+    for segment, reason in report.kept.items():
+        print(f"kept {segment}: {reason}")
     return 0

@@ -10,6 +10,7 @@ __all__ = [
     "NotACacheError",
     "FingerprintMismatchError",
     "CorruptCacheError",
+    "NonFiniteError",
     "DiskFullError",
     "as_disk_full",
 ]
@@ -37,6 +38,10 @@ class FingerprintMismatchError(CacheError):
 
 class CorruptCacheError(CacheError):
     """A checksum or commit record does not hold."""
+
+
+class NonFiniteError(CacheError):
+    """Values read for an analysis are NaN or infinite: damage a checksum cannot see, or a model overflow."""
 
 
 class DiskFullError(CacheError):

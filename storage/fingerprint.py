@@ -103,7 +103,13 @@ class CacheFingerprint:
 
     @property
     def digest(self) -> str:
+        """The cache's identity: model, tokenizer, dtype and capture spec (an append must match every field)."""
         return digest(self.to_dict())
+
+    @property
+    def model_digest(self) -> str:
+        """The model's identity alone: its config and weight digests, whatever dtype or layers were captured."""
+        return digest({"config": self.model.get("config"), "weights": self.model.get("weights")})
 
     def differences(self, other: CacheFingerprint) -> list[str]:
         """Dotted paths of the fields that differ, e.g. `model.config.num_hidden_layers` or `capture.layers`."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,19 +12,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from .annotations import AnnotationLog
 from .commit_log import LocalCommitLog
-from .dtypes import storage_dtype, to_torch, widen_to_float32
-from .errors import CacheError
+from .dtypes import to_torch, widen_to_float32
+from .errors import CacheError, CorruptCacheError, NonFiniteError
 from .index import CommitIndex, CommitRecord, DocLocation
-from .layout import COMMITS, TOKEN_IDS, activation_name, segment_path
+from .layout import CHUNK_DIR, COMMITS, TOKEN_IDS, activation_name, parse_activation_name, segment_path
 from .root import open_root
 
 if TYPE_CHECKING:
     import torch
+    import xarray
+
+    from .pooled import Pooling, Where
+    from .token_loader import TokenDataset
 
 __all__ = ["Document", "CacheReader", "open_cache"]
 
 STREAM_BLOCK_BYTES = 64 << 20
+NAMED_DOCUMENTS = 3  # documents named in an error message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -36,19 +43,26 @@ class Document:
     original_tokens: int
 
 
-def open_cache(path: str | Path) -> CacheReader:
-    """A read-only handle on the committed contents of a cache."""
-    return CacheReader(path)
+def open_cache(path: str | Path, annotations: int | None = None) -> CacheReader:
+    """A read-only handle on the committed contents of a cache.
+
+    `annotations` picks the label version documents carry in `meta` (None: the newest; 0: the metadata each
+    document was first built with; see storage/annotations.py).
+    """
+    return CacheReader(path, annotations)
 
 
 class CacheReader:
     """Committed documents only: a unit being written, or left by a crashed writer, is invisible."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, annotations: int | None = None) -> None:
         self.path = Path(path)
         self._group, self.fingerprint = open_root(self.path)
         self._index = CommitIndex.load(LocalCommitLog(self.path / COMMITS))
+        self._metas = AnnotationLog(self.path).overlay(
+            {key: loc.record.meta for key, loc in self._index.docs.items()}, annotations)  # key -> current labels
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._missing: dict[tuple[str, str], frozenset[int]] = {}  # (segment, array) -> chunks the store lacks
 
     # -- what is in the cache -------------------------------------------------------------------------------
     @property
@@ -83,7 +97,7 @@ class CacheReader:
     @cached_property
     def _documents(self) -> list[Document]:
         return [
-            Document(loc.record.key, loc.record.meta, loc.record.n_tokens,
+            Document(loc.record.key, self._metas[loc.record.key], loc.record.n_tokens,
                      loc.record.original_tokens or loc.record.n_tokens)
             for loc in self._index.docs.values()
         ]
@@ -92,13 +106,19 @@ class CacheReader:
         """Every committed document, in commit order."""
         return list(self._documents)
 
+    def annotation_versions(self) -> list[dict[str, Any]]:
+        """Every published label version (number, time, source, documents it relabels), oldest first; version 0,
+        the metadata of the commit records, is implicit."""
+        log = AnnotationLog(self.path)
+        return [log.read(v).summary() for v in log.versions()]
+
     def commit_records(self) -> list[CommitRecord]:
         """The committed units, in commit order."""
         return list(self._index.records)
 
     def document(self, key: str) -> Document:
         loc = self._locate(key)
-        return Document(loc.record.key, loc.record.meta, loc.record.n_tokens,
+        return Document(loc.record.key, self._metas[key], loc.record.n_tokens,
                         loc.record.original_tokens or loc.record.n_tokens)
 
     @property
@@ -112,21 +132,31 @@ class CacheReader:
     # -- values -----------------------------------------------------------------------------------------------
     def token_ids(self, key: str) -> np.ndarray:
         loc = self._locate(key)
+        self._require_chunks(loc.segment, TOKEN_IDS, loc.start, loc.stop)
         return np.asarray(self._array(loc.segment, TOKEN_IDS)[loc.start:loc.stop])
 
-    def activations(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None) -> np.ndarray:
-        """[n_tokens, width] float32 (bf16 and fp16 caches widen exactly); `span` picks token positions [a, b)."""
-        return widen_to_float32(self._stored(hook, layer, key, span), self.dtype)
+    def activations(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None, *,
+                    check_finite: bool = False) -> np.ndarray:
+        """[n_tokens, width] float32 (bf16 and fp16 caches widen exactly); `span` picks token positions [a, b).
+
+        `check_finite` refuses NaN/inf rows (NonFiniteError) instead of returning them: analyses set it.
+        """
+        rows = widen_to_float32(self._stored(hook, layer, key, span), self.dtype)
+        if check_finite and not np.isfinite(rows).all():
+            raise self._non_finite(hook, layer, [key])
+        return rows
 
     def tensor(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None) -> torch.Tensor:
         """The same rows as a torch tensor in the cache's own dtype (e.g. torch.bfloat16, bit-exact)."""
         return to_torch(self._stored(hook, layer, key, span), self.dtype)
 
     def iter_activations(self, hook: str, layer: int, keys: Iterable[str] | None = None, *,
-                         block_bytes: int = STREAM_BLOCK_BYTES) -> Iterator[tuple[Document, np.ndarray]]:
+                         block_bytes: int = STREAM_BLOCK_BYTES, check_finite: bool = False,
+                         ) -> Iterator[tuple[Document, np.ndarray]]:
         """Yield (document, float32 rows) for every wanted document, reading each chunk at most once.
 
-        Memory stays near `block_bytes` plus the longest document, whatever the cache size.
+        Memory stays near `block_bytes` plus the longest document, whatever the cache size. `check_finite` stops
+        the stream with a NonFiniteError naming the documents before any NaN/inf row is yielded.
         """
         self._check_hook_layer(hook, layer)
         wanted = None if keys is None else set(keys)
@@ -139,10 +169,20 @@ class CacheReader:
             if wanted is None or loc.record.key in wanted:
                 by_segment.setdefault(loc.segment, []).append(loc)
         for segment, locs in by_segment.items():
-            yield from self._stream_segment(self._array(segment, activation_name(hook, layer)), locs, block_bytes)
+            name = activation_name(hook, layer)
+            stream = self._stream_segment(self._array(segment, name), locs, block_bytes)
+            for loc, rows in stream:
+                self._require_chunks(segment, name, loc.start, loc.stop)
+                out = widen_to_float32(rows, self.dtype)
+                if check_finite and not np.isfinite(out).all():  # name every such document of this unit
+                    bad = [loc.record.key] + [other.record.key for other, more in stream
+                                              if not np.isfinite(widen_to_float32(more, self.dtype)).all()]
+                    raise self._non_finite(hook, layer, bad)
+                yield self.document(loc.record.key), out
 
     def _stream_segment(self, array: zarr.Array, locs: list[DocLocation],
-                        block_bytes: int) -> Iterator[tuple[Document, np.ndarray]]:
+                        block_bytes: int) -> Iterator[tuple[DocLocation, np.ndarray]]:
+        """(location, stored rows) of `locs` in row order; a block read covers several documents."""
         chunk_rows = int(array.chunks[0])
         row_bytes = array.shape[1] * array.dtype.itemsize
         block_rows = max(chunk_rows, (block_bytes // row_bytes) // chunk_rows * chunk_rows)
@@ -160,39 +200,94 @@ class CacheReader:
                 block_end = min(array.shape[0], max(loc.stop, read_from + block_rows))
                 block = np.concatenate([tail, np.asarray(array[read_from:block_end])])
                 block_start = first
-            rows = block[loc.start - block_start:loc.stop - block_start]
-            yield self.document(loc.record.key), widen_to_float32(rows, self.dtype)
+            yield loc, block[loc.start - block_start:loc.stop - block_start]
+
+    # -- the next step after a solve: pooled matrices, texts, one xarray Dataset (each in its own module) ------
+    def pooled(self, hook: str, layer: int, pooling: str | Pooling = "last", where: Where | None = None, *,
+               project: np.ndarray | None = None) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
+        """(X [n_docs, width] float32, keys, metas): one pooled row per document (`last`, `mean`, `mean-skip:K`,
+        `span:A:B`, pooled exactly as the solvers pool), documents filtered by labels, e.g.
+        `where={"split": "test"}`, in `documents()` order. Streams the layer with bounded memory. `project`
+        (k, width) returns the projections X @ project.T instead, without keeping X."""
+        from .pooled import pooled_matrix
+
+        return pooled_matrix(self, hook, layer, pooling, where, project)
+
+    def text(self, key: str) -> str:
+        """The document's text as the corpus gave it (TextsMissingError for a cache built with --no-text)."""
+        (text,) = self.texts([key])
+        assert text is not None  # strict: a missing text raised
+        return text
+
+    def texts(self, keys: Sequence[str], *, strict: bool = True) -> list[str | None]:
+        """Texts of many documents, each segment's texts read once. A document built with --no-text raises
+        TextsMissingError, or comes back as None with `strict=False`."""
+        from .texts import has_texts, read_texts
+
+        locations = [self._locate(k) for k in keys]
+        by_segment: dict[str, list[int]] = {}
+        for loc in locations:
+            by_segment.setdefault(loc.segment, []).append(loc.index)
+        found: dict[tuple[str, int], str | None] = {}
+        for segment, indices in by_segment.items():
+            group = zarr.open_group(self._group.store, path=segment_path(segment), mode="r")
+            stored = read_texts(group, indices) if strict or has_texts(group) else [None] * len(indices)
+            found.update(zip(((segment, i) for i in indices), stored, strict=True))
+        return [found[(loc.segment, loc.index)] for loc in locations]
+
+    def xarray(self, hook: str, layers: Sequence[int] | None = None) -> xarray.Dataset:
+        """One lazy Dataset over every committed document: variables `layer_<i>` (token, feature) float32, read
+        chunk by chunk only when indexed; coordinates `document` (key), `position` and each label field per token."""
+        from .xarray_view import cache_dataset
+
+        return cache_dataset(self, hook, layers)
+
+    def tokens(self, hooks: Sequence[str] | None = None, layers: Sequence[int] | None = None, *,
+               batch_size: int = 4096, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+               where: Where | None = None, positions: int | slice | tuple[int, int | None] | None = None,
+               dtype: str = "float32", epochs: int = 1, buffer_tokens: int = 1 << 15,
+               threads: int | None = None) -> TokenDataset:
+        """Token batches for training (a torch IterableDataset; `DataLoader(ds, batch_size=None, num_workers=N)`):
+        `{"<hook>.<layer>": [B, width], ..., "token_index": [B] int64}` (the row in the concatenation of
+        `documents()`), every selected token once per epoch, all hooks/layers of a token in the same row.
+
+        `shuffle`: units of whole chunks in a seeded global permutation, then rows mixed within windows of
+        `buffer_tokens` (memory is about two windows; larger mixes better). The order is the same for any
+        number of DataLoader workers or decoding `threads` (default: the cores, split among the workers; a
+        shuffled read is served by worker 0 alone, since every batch of a window needs all of its units).
+        `rank`/`world_size` give each rank the same number of batches (at most world_size - 1 dropped, none
+        repeated); `where` filters documents by label (as `pooled`); `positions` keeps token positions `k:` (an
+        int) or a slice of each document; `dtype` is float32 or the cache's own dtype. `state_dict()` /
+        `load_state_dict()` resume mid-epoch exactly (storage/token_loader.py).
+        """
+        from .token_loader import TokenDataset
+        from .token_plan import LoaderSettings, parse_positions
+
+        hooks = tuple(hooks) if hooks is not None else self.hooks
+        layers = tuple(layers) if layers is not None else self.layers
+        for hook in hooks:
+            for layer in layers:
+                self._check_hook_layer(hook, layer)
+        if dtype not in ("float32", self.dtype):
+            raise CacheError(f"dtype {dtype!r}: this {self.dtype} cache reads as float32 or {self.dtype}")
+        settings = LoaderSettings(hooks, layers, batch_size, shuffle, seed, rank, world_size, buffer_tokens,
+                                  parse_positions(positions), epochs, dtype)
+        return TokenDataset(self.path, self.dtype, dict(self.fingerprint.widths), self._index.records,
+                            self.documents(), settings, where, threads)
+
+    def _segment_rows(self, segment: str, name: str, start: int, stop: int) -> np.ndarray:
+        """Stored rows [start, stop) of one committed segment's array (for views that span segments)."""
+        self._require_chunks(segment, name, start, stop)
+        return np.asarray(self._array(segment, name)[start:stop])
 
     # -- summary ----------------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        """Fingerprint summary, contents, bytes on disk and the compression ratio of the activation arrays."""
-        from .stats import disk_usage
+        """What the cache is (model identity, capture spec, cache fingerprint), what it holds (documents, label
+        fields with their most common values) and its bytes on disk, with the compression ratio of committed
+        activation chunks (storage/cache_info.py)."""
+        from .cache_info import cache_info
 
-        itemsize = storage_dtype(self.dtype).itemsize
-        widths = sum(self.fingerprint.widths[h] for h in self.hooks) * len(self.layers)
-        stored_tokens = sum(sum(d.n_tokens for d in r.documents) for r in self._index.records)
-        raw = stored_tokens * widths * itemsize
-        usage = disk_usage(self.path)
-        model = self.fingerprint.model
-        return {
-            "path": str(self.path),
-            "model": {k: model.get(k) for k in ("name", "architecture", "source") if k in model},
-            "model_digest": self.fingerprint.digest[:16],
-            "dtype": self.dtype,
-            "hooks": list(self.hooks),
-            "layers": list(self.layers),
-            "widths": dict(self.fingerprint.widths),
-            "max_length": self.fingerprint.capture.max_length,
-            "documents": self.n_documents,
-            "tokens": self.n_tokens,
-            "units": len(self._index.records),
-            "truncated_documents": sum(1 for loc in self._index.docs.values() if loc.record.truncated),
-            "bytes_on_disk": usage.total,
-            "activation_bytes_raw": raw,
-            "activation_bytes_stored": usage.activations,
-            "compression_ratio": raw / usage.activations if usage.activations else None,
-            "uncommitted_segments": usage.segments - len({r.segment for r in self._index.records}),
-        }
+        return cache_info(self)
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _check_hook_layer(self, hook: str, layer: int | None) -> None:
@@ -200,6 +295,71 @@ class CacheReader:
             raise CacheError(f"hook {hook!r} is not in {self.path}: it holds {', '.join(self.hooks)}")
         if layer is not None and layer not in self.layers:
             raise CacheError(f"layer {layer} is not in {self.path}: it holds layers {list(self.layers)}")
+
+    @cached_property
+    def _record_of_segment(self) -> dict[str, CommitRecord]:
+        return {r.segment: r for r in self._index.records}
+
+    def _missing_chunks(self, segment: str, name: str) -> frozenset[int]:
+        """Row-chunk indices of an array that its commit record counts but the store lacks: one listing per array
+        and reader, so that a read never trusts a missing chunk's fill value (NaN, or 0 in an integer array)."""
+        missing = self._missing.get((segment, name))
+        if missing is None:
+            manifest = self._record_of_segment[segment].arrays.get(name)
+            if manifest is not None:
+                expected = manifest.n_chunks
+            else:  # token ids and offsets: their count follows from the array's own shape
+                array = self._array(segment, name)
+                expected = -(-int(array.shape[0]) // int(array.chunks[0]))
+            present = _stored_row_chunks(self.path / segment_path(segment) / name / CHUNK_DIR)
+            missing = frozenset(range(expected)) - present
+            self._missing[(segment, name)] = missing
+        return missing
+
+    def _require_chunks(self, segment: str, name: str, start: int, stop: int) -> None:
+        """CorruptCacheError naming the documents, when any chunk under rows [start, stop) is missing."""
+        missing = self._missing_chunks(segment, name)
+        if not missing:
+            return
+        rows = int(self._array(segment, name).chunks[0])
+        hit = sorted(i for i in missing if start // rows <= i <= (stop - 1) // rows)
+        if not hit:
+            return
+        record, first = self._record_of_segment[segment], 0
+        keys = []
+        for doc in record.documents:
+            if any(first < (i + 1) * rows and first + doc.n_tokens > i * rows for i in hit):
+                keys.append(doc.key)
+            first += doc.n_tokens
+        hook, layer = parse_activation_name(name) if "/layer_" in name else (name, None)
+        raise CorruptCacheError(
+            f"{hook}{'' if layer is None else f' layer {layer}'}: chunk(s) {', '.join(map(str, hit[:3]))} of "
+            f"committed unit {record.unit_id} are missing from {segment_path(segment)}/{name} (documents "
+            f"{self._describe(keys)}): run `actcache verify {self.path}` to list every damaged document, then "
+            f"restore the files or rebuild into a new cache"
+        )
+
+    def _non_finite(self, hook: str, layer: int, keys: list[str]) -> NonFiniteError:
+        return NonFiniteError(
+            f"{hook} layer {layer}: non-finite values (NaN/inf) in documents {self._describe(keys)} of {self.path}: "
+            f"run `actcache verify {self.path}`; if it passes, the model produced them (e.g. a float16 overflow): "
+            f"rebuild in bfloat16 or float32, or leave these documents out"
+        )
+
+    def _describe(self, keys: list[str]) -> str:
+        """'key "text..." (source), ...' for the first few documents (text when stored), and how many more."""
+        named = [k for k in keys[:NAMED_DOCUMENTS] if k in self._index.docs]
+        try:
+            texts = self.texts(named, strict=False)
+        except (CacheError, OSError, ValueError):  # the texts may sit in the damaged unit too: keys still name it
+            texts = [None] * len(named)
+        shown = []
+        for key, text in zip(named, texts, strict=True):
+            source = self.document(key).meta.get("source")
+            snippet = f' "{text[:40]}{"..." if len(text) > 40 else ""}"' if text else ""
+            shown.append(f"{key}{snippet}" + (f" ({source})" if source else ""))
+        more = f" and {len(keys) - NAMED_DOCUMENTS} more" if len(keys) > NAMED_DOCUMENTS else ""
+        return ", ".join(shown) + more
 
     def _locate(self, key: str) -> DocLocation:
         try:
@@ -223,4 +383,17 @@ class CacheReader:
             if not 0 <= a < b <= loc.record.n_tokens:
                 raise ValueError(f"span {span} is outside document {key} of {loc.record.n_tokens} tokens")
             start, stop = loc.start + a, loc.start + b
-        return np.asarray(self._array(loc.segment, activation_name(hook, layer))[start:stop])
+        name = activation_name(hook, layer)
+        self._require_chunks(loc.segment, name, start, stop)
+        return np.asarray(self._array(loc.segment, name)[start:stop])
+
+
+def _stored_row_chunks(folder: Path) -> set[int]:
+    """Row-chunk indices that have a chunk file under an array's `c/` folder (`c/<i>` or `c/<i>/<j>`): one walk,
+    no stat per file."""
+    present: set[int] = set()
+    for root, _, files in os.walk(folder):
+        if files:
+            rel = os.path.relpath(root, folder)
+            present.update(map(int, files) if rel == "." else [int(rel.split(os.sep)[0])])
+    return present

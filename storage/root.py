@@ -63,10 +63,15 @@ def check_same_fingerprint(path: str | Path, cached: CacheFingerprint, wanted: C
 
 
 def _at(data: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
+    """The value at a `differences()` path; a key may hold dots itself (`model.weights.model.safetensors.sha256`)."""
+    parts = dotted.split(".")
+    while parts:
+        if not isinstance(data, dict):
             return None
-        data = data[part]
+        n = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in data), 0)
+        if n == 0:
+            return None
+        data, parts = data[".".join(parts[:n])], parts[n:]
     return data
 
 

@@ -12,7 +12,7 @@ import zarr
 from .commit_log import LocalCommitLog
 from .errors import CacheError
 from .index import CommitRecord
-from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, segment_path
+from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, chunk_key, segment_path
 from .root import child_array, child_group, open_root
 
 __all__ = ["Problem", "VerifyReport", "verify_cache"]
@@ -101,7 +101,7 @@ def _verify_unit(path: Path, group: zarr.Group, record: CommitRecord, expected: 
         for i in range(manifest.n_chunks):
             where = f"{seg}/{name} chunk {i}"
             affected = _labels(record, i * rows, (i + 1) * rows)
-            if not (path / seg / name / "c" / str(i) / "0").is_file():
+            if not (path / seg / name / chunk_key(i)).is_file():
                 report.problems.append(Problem(where, "chunk file missing", affected))
                 continue
             try:

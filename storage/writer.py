@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from collections.abc import Sequence
@@ -14,12 +15,15 @@ from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.codecs.numcodecs import Shuffle
 
+from .claims import LEASE_SECONDS, ClaimBoard, Lease, segment_subject
 from .commit_log import LocalCommitLog
 from .dtypes import storage_dtype
+from .durable import fsync_tree
 from .errors import CacheError, NotACacheError, as_disk_full
 from .fingerprint import CacheFingerprint
 from .index import CommitIndex, CommitRecord
 from .layout import (
+    CLAIMS,
     COMMITS,
     DOC_OFFSETS,
     TOKEN_IDS,
@@ -31,6 +35,7 @@ from .layout import (
 from .records import ArrayManifest, ArraySpec, DocRecord
 from .root import check_same_fingerprint, create_root, open_root
 from .segment import SegmentWriter
+from .texts import write_texts
 
 __all__ = ["CacheWriter", "FEATURE_DIMS", "ZSTD_LEVEL"]
 
@@ -56,16 +61,23 @@ def _compressors(shuffle_bytes: int | None = None) -> list[BytesBytesCodec]:
 class CacheWriter:
     """Write side of a cache. Safe to open from many processes: each segment has one writer per array."""
 
-    def __init__(self, path: Path, fingerprint: CacheFingerprint, group: zarr.Group) -> None:
+    def __init__(self, path: Path, fingerprint: CacheFingerprint, group: zarr.Group,
+                 lease_s: float = LEASE_SECONDS) -> None:
         self.path = path
         self.fingerprint = fingerprint
         self._group = group
         self._log = LocalCommitLog(path / COMMITS)
+        # every begun segment is claimed until it is committed or abandoned, so `gc` never takes a live one
+        self._lease = Lease(ClaimBoard(LocalCommitLog(path / CLAIMS)), lease_s)
 
     @classmethod
     def open(cls, path: str | Path, fingerprint: CacheFingerprint, model_source: dict[str, Any] | None = None,
-             ) -> CacheWriter:
-        """Create the cache, or open it for append when its fingerprint is the same (else say which field differs)."""
+             *, lease_s: float = LEASE_SECONDS) -> CacheWriter:
+        """Create the cache, or open it for append when its fingerprint is the same (else say which field differs).
+
+        `lease_s`: how long a segment claim lives without renewal (renewed every third of it while this writer is
+        alive); `gc` removes an uncommitted segment only after its claim expired.
+        """
         path = Path(path)
         try:
             group, cached = open_root(path, mode="r+")
@@ -74,9 +86,19 @@ class CacheWriter:
                 group = create_root(path, fingerprint, model_source)
             except OSError as error:
                 raise (as_disk_full(error, str(path)) or error) from error
-            return cls(path, fingerprint, group)
+            return cls(path, fingerprint, group, lease_s)
         check_same_fingerprint(path, cached, fingerprint)
-        return cls(path, cached, group)
+        return cls(path, cached, group, lease_s)
+
+    def close(self) -> None:
+        """Release this writer's claims (segments not committed become garbage for `gc`) and stop renewing."""
+        self._lease.close()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def index(self) -> CommitIndex:
         """What is committed now (re-read each call: other writers may have committed)."""
@@ -90,29 +112,44 @@ class CacheWriter:
             for layer in fp.capture.layers
         ]
 
-    def begin_segment(self, unit_id: str, docs: Sequence[DocRecord], token_ids: np.ndarray) -> str:
-        """Create a segment's group, token arrays and (empty) activation arrays; return its id.
+    def begin_segment(self, unit_id: str, docs: Sequence[DocRecord], token_ids: np.ndarray,
+                      texts: Sequence[str] | None = None) -> str:
+        """Create a segment's group, token arrays, texts (None: --no-text) and (empty) activation arrays; return
+        its id.
 
         Every array's metadata exists before any writer starts, so writers only ever write their own chunks.
         """
         n_tokens = sum(d.n_tokens for d in docs)
         if len(token_ids) != n_tokens:
             raise ValueError(f"unit {unit_id}: {len(token_ids)} token ids for {n_tokens} document tokens")
+        if texts is not None and len(texts) != len(docs):
+            raise ValueError(f"unit {unit_id}: {len(texts)} texts for {len(docs)} documents")
         segment_id = f"{unit_id[:16]}-{uuid.uuid4().hex[:12]}"
+        self._lease.take(segment_subject(segment_id))  # before the folder exists: gc never sees it unclaimed
         try:
-            self._create_segment(segment_id, unit_id, docs, token_ids, n_tokens)
-        except OSError as error:
-            raise (as_disk_full(error, f"segment {segment_id}") or error) from error
+            self._create_segment(segment_id, unit_id, docs, token_ids, n_tokens, texts)
+        except BaseException as error:
+            self.abandon(segment_id)
+            if isinstance(error, OSError):
+                raise (as_disk_full(error, f"segment {segment_id}") or error) from error
+            raise
         return segment_id
 
+    def abandon(self, segment_id: str) -> None:
+        """Delete a begun segment that will not be committed, and release its claim."""
+        shutil.rmtree(self.path / segment_path(segment_id), ignore_errors=True)
+        self._lease.release(segment_subject(segment_id))
+
     def _create_segment(self, segment_id: str, unit_id: str, docs: Sequence[DocRecord], token_ids: np.ndarray,
-                        n_tokens: int) -> None:
+                        n_tokens: int, texts: Sequence[str] | None) -> None:
         attrs = {"unit_id": unit_id, "documents": [d.to_dict() for d in docs]}
         group = self._group.create_group(segment_path(segment_id), attributes=attrs)
         offsets = np.concatenate([[0], np.cumsum([d.n_tokens for d in docs])]).astype(np.int64)
         group.create_array(TOKEN_IDS, data=np.asarray(token_ids, dtype=np.int32), compressors=_compressors(),
                            chunks=(max(1, min(n_tokens, 1 << 18)),), dimension_names=["token"])
         group.create_array(DOC_OFFSETS, data=offsets, compressors=_compressors(), dimension_names=["doc_edge"])
+        if texts is not None:
+            write_texts(group, texts, _compressors())
         dtype = self.fingerprint.dtype
         for spec in self.array_specs():
             rows = chunk_tokens_for(spec.width, storage_dtype(dtype).itemsize)
@@ -143,7 +180,16 @@ class CacheWriter:
             raise CacheError(f"unit {unit_id}: arrays {missing} were not written; the unit stays uncommitted")
         record = CommitRecord(unit_id, segment_id, self.fingerprint.digest, tuple(docs),
                               {m.name: m for m in manifests}, time.time())
+        subject = segment_subject(segment_id)
+        self._lease.check(subject)  # a lapsed claim may have let gc remove the segment: never publish it then
         try:
-            return self._log.put_if_absent(commit_name(unit_id), record.to_dict())
+            fsync_tree(self.path / segment_path(segment_id))  # nothing the record names may be lost after it
+            committed = self._log.put_if_absent(commit_name(unit_id), record.to_dict())
         except OSError as error:
+            self._lease.release(subject)
             raise (as_disk_full(error, f"the commit of unit {unit_id}") or error) from error
+        if committed:
+            self._lease.release(subject)
+        else:  # someone else committed this unit first: ours is garbage
+            self.abandon(segment_id)
+        return committed

@@ -1,7 +1,8 @@
 """Corpora: text files on disk -> `Document`s with labels, whatever the layout.
 
 `load_corpus` picks the first loader whose layout matches (story layout before plain text: a story corpus
-is also a folder of `.txt` files). `DEMO_CORPUS` is the bundled emotion corpus used by the README demo.
+is also a folder of `.txt` files). `DEMO_CORPUS` is the bundled emotion corpus used by the README demo; the corpus
+name `demo` (`--corpus demo`) names it from any folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .text_folder import TextFolderLoader
 
 __all__ = [
     "DEMO_CORPUS",
+    "DEMO_NAME",
     "LOADERS",
     "CorpusError",
     "CorpusLoader",
@@ -28,6 +30,7 @@ __all__ = [
 ]
 
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "demo_corpus"
+DEMO_NAME = "demo"  # `--corpus demo`, unless a file or folder of that name is in the current folder
 
 LOADERS: tuple[CorpusLoader, ...] = (StoryLoader(), JsonlLoader(), TextFolderLoader())
 
@@ -35,8 +38,11 @@ LOADERS: tuple[CorpusLoader, ...] = (StoryLoader(), JsonlLoader(), TextFolderLoa
 def load_corpus(path: str | Path) -> list[Document]:
     """Read every document under `path` in a deterministic order; fails loudly rather than return nothing."""
     path = Path(path)
+    if str(path) == DEMO_NAME and not path.exists():
+        path = DEMO_CORPUS
     if not path.exists():
-        raise CorpusError(f"corpus path {path} does not exist; pass an existing folder or .jsonl/.txt file")
+        raise CorpusError(f"corpus path {path} does not exist; pass an existing folder or .jsonl/.txt file "
+                          f"(or {DEMO_NAME} for the bundled demo corpus)")
     loader = next((loader for loader in LOADERS if loader.matches(path)), None)
     if loader is None:
         raise CorpusError(

@@ -54,6 +54,6 @@ def test_model_dir_without_safetensors(tiny_llama_dir: Path, corpus: Path, tmp_p
 
 
 def test_stages_must_be_positive(tiny_llama_dir: Path, corpus: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ClusterError) as error:  # an input error (one line in the CLI), not a plain ValueError
         build_distributed(settings_for(tiny_llama_dir, corpus, tmp_path / "cache"), stages=0)
     assert "at least 1" in _one_line(error)

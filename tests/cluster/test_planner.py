@@ -17,7 +17,7 @@ from actcache.cache_builder.model_registry import CONFIG_DIR, list_model_names, 
 from actcache.cluster.cli import register
 from actcache.cluster.planner import CaptureRequest, ClusterSpec, PlanError, format_plan, partition_layers, plan_build
 from actcache.cluster.volume import ZSTD_RATIO_BF16
-from actcache.cluster.weights import ModelShape, WeightFormat, layer_tensors, parameter_count, tensors_bytes
+from actcache.cluster.weight_bytes import ModelShape, WeightFormat, layer_tensors, parameter_count, tensors_bytes
 
 GIB = 2**30
 REPO = CONFIG_DIR.parent.parent

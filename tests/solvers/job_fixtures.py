@@ -98,6 +98,8 @@ def pool(h: np.ndarray, pooling: str) -> np.ndarray:
         return h[-1]
     if pooling == "mean":
         return h.mean(axis=0)
+    if pooling.startswith("mean-skip:"):
+        return h[int(pooling.split(":")[1]):].mean(axis=0)
     raise ValueError(pooling)
 
 
@@ -136,13 +138,14 @@ def reference_subspace(trajectories: list[np.ndarray], pos: list[int], neg: list
 
 def reference_heads(z: np.ndarray, pos: list[int], neg: list[int], n_heads: int) -> tuple[list[int], np.ndarray,
                                                                                          float]:
-    """(top-10 heads by selectivity, selectivity per head, head concentration) from pooled o_proj inputs."""
+    """(top-10 heads by selectivity, selectivity per head, head concentration) from pooled o_proj inputs; the
+    concentration is None with 10 heads or fewer (the top 10 would be every head)."""
     zh = z.reshape(len(z), n_heads, -1)
     raw = np.linalg.norm(zh[pos].mean(axis=0) - zh[neg].mean(axis=0), axis=1)
     spread = np.maximum(np.linalg.norm(zh[neg].std(axis=0, ddof=1), axis=1), 1e-6)
     sel = raw / spread
     top = list(np.argsort(-sel, kind="stable")[:10])
-    return [int(h) for h in top], sel, float(raw[top].sum() / raw.sum())
+    return [int(h) for h in top], sel, float(raw[top].sum() / raw.sum()) if n_heads > 10 else None
 
 
 def reference_ridge(v: np.ndarray, lam: float = 0.01) -> list[float]:
@@ -178,6 +181,9 @@ def reference_quality(pooled_pos: np.ndarray, v: np.ndarray, w_down: np.ndarray 
     return out
 
 
+SAME = 1 - 1e-6  # least cosine between two computations of the same maths (float16 files, float32 sums)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
@@ -186,21 +192,21 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def random_cache(path: Path, metas: list[dict], lengths: list[int], *, width: int = 16, attn_heads: int = 2,
                  head_dim: int = 4, layers: tuple[int, ...] = (1, 3), seed: int = 0, concept_shift: float = 0.0,
-                 ) -> Path:
+                 hooks: tuple[str, ...] = ("resid_post", "attn_z")) -> Path:
     """A cache of random activations (one committed unit per 200 documents); positives of concept c get
     `concept_shift` added along a fixed random direction so that solvers have something to find."""
     from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
     from actcache.storage.layout import activation_name
 
     rng = np.random.default_rng(seed)
-    widths = {"resid_post": width, "attn_z": attn_heads * head_dim}
+    widths = {h: w for h, w in (("resid_post", width), ("attn_z", attn_heads * head_dim)) if h in hooks}
     fingerprint = CacheFingerprint(
         model={"architecture": "Random", "config": {"hidden_size": width}},
         tokenizer={"backend_sha256": "random"},
         dtype="float32",
-        capture=CaptureSpec(hooks=("resid_post", "attn_z"), layers=layers, max_length=1 << 20),
+        capture=CaptureSpec(hooks=tuple(widths), layers=layers, max_length=1 << 20),
         widths=widths,
-        hook_attrs={"attn_z": {"n_heads": attn_heads, "head_dim": head_dim}},
+        hook_attrs={"attn_z": {"n_heads": attn_heads, "head_dim": head_dim}} if "attn_z" in widths else {},
     )
     writer = CacheWriter.open(path, fingerprint)
     directions: dict[str, np.ndarray] = {}

@@ -17,6 +17,7 @@ def caches(tmp_path_factory) -> dict[str, Path]:
     return {
         "labelled": random_cache(root / "labelled", labelled, [3 + i % 5 for i in range(len(labelled))]),
         "unlabelled": random_cache(root / "unlabelled", [{"text_id": i} for i in range(6)], [4] * 6),
+        "resid_only": random_cache(root / "resid_only", labelled, [4] * len(labelled), hooks=("resid_post",)),
     }
 
 
@@ -46,7 +47,40 @@ def test_existing_readout_directory_is_refused(caches, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     for command in ("solve", "sweep"):
         err = _error(capsys, [command, "--cache", str(caches["labelled"]), "--out", str(tmp_path / "out")])
-        assert f"output directory {tmp_path / 'out'} exists: choose a new path or remove it" in err
+        assert f"output directory {tmp_path / 'out'} exists: pass --overwrite to replace it" in err
+
+
+@pytest.mark.parametrize("command", ["solve", "sweep"])
+def test_overwrite_replaces_an_earlier_output_atomically(caches, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    base = [command, "--cache", str(caches["labelled"]), "--out", str(out), "--methods", "caa"]
+    assert actcache_cli.main([*base, "--layers", "1"]) == 0
+    marker = "readout.json" if command == "solve" else "comparison.json"
+    assert json.loads((out / marker).read_text())["layers"] == [1]
+    (out / "stale.txt").write_text("from the first run")
+    assert actcache_cli.main([*base, "--layers", "3", "--overwrite"]) == 0
+    assert json.loads((out / marker).read_text())["layers"] == [3]
+    assert not (out / "stale.txt").exists()  # replaced as a whole, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old sibling left
+
+
+def test_overwrite_never_replaces_a_folder_of_other_files(caches, tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    err = _error(capsys, ["solve", "--cache", str(caches["labelled"]), "--out", str(tmp_path / "notes"),
+                          "--overwrite"])
+    assert "is not an earlier solve or sweep output" in err
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+def test_default_methods_skip_heads_without_attn_z(caches, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert actcache_cli.main(["solve", "--cache", str(caches["resid_only"]), "--out", str(out)]) == 0
+    assert "note      heads skipped: the cache has no attn_z activations" in capsys.readouterr().out
+    assert "top_heads" not in json.loads((out / "quality.json").read_text())["c0"]["layers"]["3"]
+    err = _error(capsys, ["solve", "--cache", str(caches["resid_only"]), "--out", str(tmp_path / "heads"),
+                          "--methods", "caa,heads"])
+    assert "no attn_z activations: drop heads from --methods" in err
 
 
 def test_sweep_refuses_a_pooling_too_long_for_a_document(caches, tmp_path, capsys):

@@ -1,12 +1,15 @@
 """`--max-memory` holds: the peak RSS of a solve, above the runtime's own, stays under the limit on a cache
-several times larger than it.
+several times larger than it, and with Ray workers the peak of every process together (driver, raylet and
+object store, workers) stays under it too.
 
 Baseline subtracted: the solve process's own RSS just before the solve starts, after it has imported what a
 solve imports (python, torch, numpy, zarr, storage, solvers) and called each linear-algebra kernel once on a
 2 x 2 matrix with the solve's thread count (BLAS/LAPACK load and set up their buffers on first use). That
 memory is the interpreter's, the same for any cache, and is not what --max-memory bounds. The peak is the
 kernel's high-water mark (VmHWM), reset through /proc/self/clear_refs at that point, so a short spike
-counts and the import-time peak does not.
+counts and the import-time peak does not. With workers, the same is done for every process of the tree (the
+Ray processes are the driver's descendants) after each worker has run a warm-up task; the sum of per-process
+peaks bounds the peak of the sum from above (shared object-store pages even count twice).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from job_fixtures import random_cache, story_metas
 LIMIT = 96 * 10**6
 SOLVE = """
 import json, re, sys
-import torch, numpy, zarr, storage
+import torch, numpy, zarr, actcache.storage
 from actcache.solvers.job import SolveSettings, solve_cache
 torch.set_num_threads(1)  # as the solve runs (SolveSettings.threads)
 torch.linalg.svd(torch.ones(2, 2)); torch.linalg.eigh(torch.eye(2, dtype=torch.float64))
@@ -32,6 +35,41 @@ baseline = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
 result = solve_cache(sys.argv[1], sys.argv[2], SolveSettings(max_memory=int(sys.argv[3])))
 print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "memory": result.memory}))
+"""
+
+
+SOLVE_WITH_WORKERS = """
+import json, os, re, sys, time
+import psutil, ray, torch
+from actcache.solvers.job import SolveSettings, solve_cache
+workers = int(sys.argv[4])
+ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+@ray.remote
+def warm():
+    import time, torch, actcache.solvers.job
+    torch.set_num_threads(1)
+    torch.linalg.svd(torch.ones(2, 2)); torch.linalg.eigh(torch.eye(2, dtype=torch.float64))
+    time.sleep(2)  # every worker is busy at once, so each of them starts
+    return os.getpid()
+
+assert len(set(ray.get([warm.remote() for _ in range(workers)]))) == workers
+torch.set_num_threads(1)
+torch.linalg.svd(torch.ones(2, 2)); torch.linalg.eigh(torch.eye(2, dtype=torch.float64))
+torch.linalg.svdvals(torch.ones(2, 2))
+time.sleep(1)
+tree = lambda: [psutil.Process()] + psutil.Process().children(recursive=True)
+field = lambda pid, name: int(re.search(name + r":\\s+(\\d+) kB", open(f"/proc/{pid}/status").read()).group(1)) * 1024
+before = tree()
+baseline = sum(field(p.pid, "VmRSS") for p in before)
+for p in before:
+    open(f"/proc/{p.pid}/clear_refs", "w").write("5")
+result = solve_cache(sys.argv[1], sys.argv[2], SolveSettings(max_memory=int(sys.argv[3]), workers=workers))
+after = tree()
+peak = sum(field(p.pid, "VmHWM") for p in after)
+started = len({p.pid for p in after} - {p.pid for p in before})
+print(json.dumps({"baseline": baseline, "peak": peak, "memory": result.memory, "processes": len(after),
+                  "started": started}))
 """
 
 
@@ -61,4 +99,28 @@ def test_max_memory_holds_on_a_cache_five_times_larger(large_cache, tmp_path):
           f"data {used / 2**20:.0f} MiB <= limit {LIMIT / 2**20:.0f} MiB; plan {solved['memory']}")
     assert solved["memory"]["subspace_passes"] >= 2  # the budget forced the subspace totals into batches
     assert used <= LIMIT
+    assert (tmp_path / "out" / "readout.safetensors").is_file()
+
+
+WORKERS_LIMIT = 256 * 2**20
+
+
+@pytest.fixture(scope="module")
+def wide_cache(tmp_path_factory) -> Path:
+    """16 concepts at width 1024: each concept's projector total is 8 MiB, all 16 are 128 MiB."""
+    metas = story_metas(16, 4, 8)
+    return random_cache(tmp_path_factory.mktemp("memory-wide") / "cache", metas, [48] * len(metas), width=1024,
+                        attn_heads=4, head_dim=32, layers=(1,), concept_shift=0.5)
+
+
+def test_max_memory_holds_with_ray_workers(wide_cache, tmp_path):
+    """Before the in-flight limit, every eigen task's 8 MiB total went to the object store at once and two
+    workers decomposed side by side: the tree's peak rose past the limit."""
+    solved = _peak(SOLVE_WITH_WORKERS, str(wide_cache), str(tmp_path / "out"), str(WORKERS_LIMIT), "2")
+    used = solved["peak"] - solved["baseline"]
+    print(f"{solved['processes']} processes ({solved['started']} started during the solve): baseline "
+          f"{solved['baseline'] / 2**20:.0f} MiB, peak {solved['peak'] / 2**20:.0f} MiB, data "
+          f"{used / 2**20:.0f} MiB <= limit {WORKERS_LIMIT / 2**20:.0f} MiB; plan {solved['memory']}")
+    assert solved["started"] == 0  # no process outside the measured tree
+    assert used <= WORKERS_LIMIT
     assert (tmp_path / "out" / "readout.safetensors").is_file()

@@ -4,7 +4,7 @@ missing files reported as null with the reason."""
 from __future__ import annotations
 
 import torch
-from actcache.solvers.weights import LayerWeights
+from actcache.solvers.layer_weights import LayerWeights
 from safetensors.torch import save_file
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from actcache.solvers import NEGATIVE_ONLY, SolverInputError, field_labels, story_labels
+from actcache.solvers import NEGATIVE_ONLY, LabelSpec, SolverInputError, field_labels, story_labels
+from actcache.solvers.job_inputs import build_labels, check_pairs
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def test_field_labels_one_concept_other_values_negative():
     assert labels.concepts == ("positive",)
     assert labels.positives(0) == [0, 3] and labels.negatives(0) == [1, 2, 5]
     assert not labels.fit[4]
-    assert [(p.positive, p.negatives) for p in labels.pairs] == [(0, (1,)), (3, (2,))]
+    assert labels.pairs == () and labels.pairing is None  # no pairs unless a pair field names them
 
 
 def test_field_labels_errors():
@@ -119,3 +120,113 @@ def test_field_labels_errors():
         field_labels(docs, label_field="sentiment", positive="positive")
     with pytest.raises(SolverInputError, match="every fitted document has sentiment='negative'"):
         field_labels(docs[:1], label_field="sentiment", positive="negative")
+
+
+def _pair_docs() -> list[D]:
+    """Pairs p1..p3 listed out of corpus order (as a cache's commit order would), an unpaired document, and
+    p2 with two negatives."""
+    rows = [
+        ("n3", "negative", "p3", 6), ("p1", "positive", "p1", 1), ("n2a", "negative", "p2", 4),
+        ("u", "positive", None, 7), ("p3", "positive", "p3", 5), ("n1", "negative", "p1", 2),
+        ("p2", "positive", "p2", 3), ("n2b", "negative", "p2", 8),
+    ]
+    docs = []
+    for key, sentiment, pair, line in rows:
+        meta = {"sentiment": sentiment, "source": "c.jsonl", "index": line}
+        if pair is not None:
+            meta["pair"] = pair
+        docs.append(D(key, meta))
+    return docs
+
+
+def test_pair_field_pairs_documents_sharing_a_value_in_corpus_order():
+    docs = _pair_docs()
+    labels = field_labels(docs, label_field="sentiment", positive="positive", pair_field="pair")
+    named = [(docs[p.positive].key, tuple(docs[n].key for n in p.negatives)) for p in labels.pairs]
+    assert named == [("p1", ("n1",)), ("p2", ("n2a", "n2b")), ("p3", ("n3",))]
+    assert labels.pairing == "pair field 'pair'"
+    assert labels.fit[3] and labels.concept_of[3] == 0  # unpaired, still a positive for caa and the rest
+    # the same documents in any other storage order give the same pairs
+    shuffled = [docs[i] for i in (7, 2, 5, 0, 3, 6, 1, 4)]
+    again = field_labels(shuffled, label_field="sentiment", positive="positive", pair_field="pair")
+    assert [(shuffled[p.positive].key, tuple(shuffled[n].key for n in p.negatives)) for p in again.pairs] == named
+
+
+@pytest.mark.parametrize(("drop", "message"), [
+    ("p2", r"pair pair='p2' has 0 positive\(s\) and 2 negative\(s\)"),
+    ("n1", r"pair pair='p1' has 1 positive\(s\) and 0 negative\(s\)"),
+])
+def test_pair_field_needs_one_positive_and_a_negative_per_value(drop, message):
+    docs = [d for d in _pair_docs() if d.key != drop]
+    with pytest.raises(SolverInputError, match=message):
+        field_labels(docs, label_field="sentiment", positive="positive", pair_field="pair")
+    two = _pair_docs() + [D("p1b", {"sentiment": "positive", "pair": "p1"})]
+    with pytest.raises(SolverInputError, match=r"pair pair='p1' has 2 positive\(s\)"):
+        field_labels(two, label_field="sentiment", positive="positive", pair_field="pair")
+
+
+def test_aggregators_refuse_label_field_mode_without_pair_field():
+    docs = _pair_docs()
+    labels = build_labels(docs, LabelSpec(label_field="sentiment", positive="positive"))
+    with pytest.raises(SolverInputError, match=r"aggregator\(s\) \['pca', 'logistic'\].*--pair-field"):
+        check_pairs(labels, ["caa", "pca", "logistic", "subspace"])
+    check_pairs(labels, ["caa", "subspace", "heads", "ridge", "quality"])  # the rest need no pairs
+    paired = build_labels(docs, LabelSpec(label_field="sentiment", positive="positive", pair_field="pair"))
+    check_pairs(paired, ["pca", "logistic", "mean", "linear", "logistic_l1", "pca_diff", "pca_center"])
+    with pytest.raises(SolverInputError, match="--pair-field applies with --label-field"):
+        build_labels(docs, LabelSpec(pair_field="pair"))
+
+
+def test_story_pairs_follow_corpus_order_not_storage_order():
+    metas = [
+        _story("b", "s2", source="paired/s2/b.txt", index=0), _story(None, "s1", source="paired/s1/baseline.txt",
+                                                                        index=0),
+        _story("a", "s1", source="paired/s1/a.txt", index=0), _story(None, "s2", source="paired/s2/baseline.txt",
+                                                                        index=0),
+        _story("a", "s2", source="paired/s2/a.txt", index=0), _story(None, "s1", source="paired/s1/baseline.txt",
+                                                                        index=1),
+    ]
+    docs = [D(f"k{i}", m) for i, m in enumerate(metas)]
+    expected = None
+    for order in ((0, 1, 2, 3, 4, 5), (5, 3, 1, 4, 0, 2), (2, 4, 0, 5, 1, 3)):
+        stored = [docs[i] for i in order]
+        labels = story_labels(stored)
+        named = [(labels.concepts[p.concept], stored[p.positive].key, tuple(stored[n].key for n in p.negatives))
+                 for p in labels.pairs]
+        assert expected is None or named == expected
+        expected = named
+    assert expected == [("a", "k2", ("k1", "k5")), ("a", "k4", ("k3",)), ("b", "k0", ("k3",))]
+
+
+def test_a_text_labelled_twice_counts_for_each_label():
+    """One text met twice in a corpus (meta values become per-occurrence lists): positive for each concept."""
+    docs = [D("both", {"topic": ["cooking", "sports"]}), D("c", {"topic": "cooking"}), D("o", {"topic": "other"})]
+    for positive in ("cooking", "sports"):
+        labels = field_labels(docs, label_field="topic", positive=positive)
+        assert labels.concept_of[0] == 0 and labels.concept_of[2] == NEGATIVE_ONLY
+    twice = [D("t", {"role": ["positive", "positive"], "concept": ["a", "b"], "source": "x", "index": [1, 9]}),
+             D("a", _story("a")), D("b", _story("b")), D("base", _story(None))]
+    labels = story_labels(twice, concepts=["a"])
+    assert labels.positives(0) == [0, 1]
+    assert story_labels(twice, concepts=["b"]).positives(0) == [0, 2]
+    with pytest.raises(SolverInputError, match=r"is a positive of concepts \['a', 'b'\].*--positive"):
+        story_labels(twice)
+
+
+def test_label_errors_list_what_is_there():
+    docs = [D(f"d{i}", {"topic": t, "split": s}) for i, (t, s) in
+            enumerate([("cooking", "train"), ("sports", "train"), ("cooking", "dev"), ("sports", "test")])]
+    present = r"'topc'; fields present: split: train \(2\), dev \(1\), test \(1\); topic: cooking \(2\), sports \(2\)"
+    with pytest.raises(SolverInputError, match=present + "; pass one of them with --label-field"):
+        field_labels(docs, label_field="topc", positive="cooking")
+    with pytest.raises(SolverInputError, match=r"\['Cooking'\] have no positive .*'topic' with fitted positives: "
+                                               r"cooking \(2\), sports \(2\)"):
+        field_labels(docs, label_field="topic", positive="Cooking")
+    with pytest.raises(SolverInputError, match=r"values \['dev'\] besides 'train'/'test' \(values present: train "
+                                               r"\(2\), dev \(1\), test \(1\)\).*--train-value and --test-value"):
+        field_labels(docs, label_field="topic", positive="cooking", split_field="split")
+    labels = field_labels(docs[:3], label_field="topic", positive="cooking", split_field="split",
+                          train_value="train", test_value="dev")
+    assert labels.fit == (True, True, False) and labels.test == (False, False, True)
+    with pytest.raises(SolverInputError, match=r"--label-field FIELD --positive VALUE \(fields present: split"):
+        story_labels(docs)

@@ -27,6 +27,7 @@ from actcache.solvers import (
     trajectory_basis,
     triage,
 )
+from job_fixtures import SAME
 
 POOLING = "mean"
 
@@ -90,7 +91,7 @@ def test_caa_matches_reference_and_finds_planted_direction(corpus, resid):
     _, stats, x, concept_of = resid
     vectors = caa_directions(stats.moments[POOLING])
     for c in range(4):
-        assert _cos(vectors[c], _ref_caa(x, concept_of, c)) >= 0.999
+        assert _cos(vectors[c], _ref_caa(x, concept_of, c)) >= SAME
         # the negatives hold the other concepts: v_c leans away from them, so only roughly on u_c
         assert int(np.argmax(corpus.directions @ vectors[c].double().numpy())) == c
         assert _cos(vectors[c], corpus.directions[c]) > 0.6
@@ -104,7 +105,7 @@ def test_subspace_matches_reference_with_deviations(corpus, resid):
         diff = stats.moments[POOLING].diff(c)
         got = subspace_direction(*proj.total(), *proj.concept_total(c), diff)
         ref, ref_evals = _ref_subspace(corpus, concept_of, c, _ref_caa(x, concept_of, c))
-        assert _cos(got.vector, ref) >= 0.999
+        assert _cos(got.vector, ref) >= SAME
         np.testing.assert_allclose(got.eigenvalues, ref_evals, atol=1e-5)
         assert got.eigenvalues == sorted(got.eigenvalues, reverse=True) and len(got.eigenvalues) == 20
         assert float(got.vector.double() @ diff) > 0  # Deviation 2: oriented with the CAA difference
@@ -113,13 +114,28 @@ def test_subspace_matches_reference_with_deviations(corpus, resid):
 
 def test_trajectory_basis_drops_the_centring_null_vector():
     h = 1000.0 + torch.randn(5, 8)  # a large offset, as real activations have
-    x32 = h - h.mean(0)  # the reference's float32 centring keeps a null singular value above 1e-6 x the top
-    s32 = torch.linalg.svdvals(x32)
-    assert s32[-1] > 1e-6 * s32[0]
     basis = trajectory_basis(h)  # rank of the centred 5x8 matrix is 4: Deviation 1 drops the 5th vector
     assert basis.shape == (8, 4)
     torch.testing.assert_close(basis.T @ basis, torch.eye(4), atol=1e-5, rtol=0)
     assert trajectory_basis(h, k=2).shape == (8, 2)
+    # Deviation 1b (b): at most n_tok - 1 vectors even without the relative threshold
+    assert trajectory_basis(h, rel_tol=0.0).shape == (8, 4)
+
+
+def test_trajectory_basis_centres_in_float64():
+    """Deviation 1b. Three distinct tokens, each twice, under an offset of 1e4: the centred trajectory has
+    rank 2. A float32 mean is off by ~eps x 1e4, which adds that error to every centred row: a third singular
+    value at ~6e-4 x the top, far above the 1e-6 threshold and below the n_tok - 1 cap, so float32 centring
+    keeps an arbitrary third vector. Centring in float64 keeps exactly the two true directions."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    h = (1e4 + 10 * torch.randn(8, generator=g, dtype=torch.float64) + tokens[[0, 1, 2, 0, 1, 2]]).float()
+    float32_centred = torch.linalg.svdvals(h - h.mean(0))
+    assert float32_centred[2] > 1e-4 * float32_centred[0]  # the premise: float32 centring leaves a third value
+    basis = trajectory_basis(h).double()
+    assert basis.shape == (8, 2)
+    exact = torch.linalg.qr((h[1:3].double() - h[0].double()).T).Q  # (8, 2) the span of the stored tokens
+    torch.testing.assert_close(basis @ basis.T, exact @ exact.T, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("n_tok", [2, 5, 8, 9, 30])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from actcache.solvers import Pooling, SolverInputError, parse_pooling
+from actcache.solvers import Pooling, parse_pooling
+from actcache.storage.pooled import PoolingError
 
 
 @pytest.mark.parametrize("text", ["last", "mean", "mean-skip:0", "mean-skip:3", "span:0:1", "span:2:5"])
@@ -16,7 +17,7 @@ def test_parse_round_trips(text):
     "text", ["", "first", "mean-skip", "mean-skip:-1", "span:3:3", "span:4:2", "span:a:b", "last:1", "span:1"]
 )
 def test_parse_rejects_bad_strings(text):
-    with pytest.raises(SolverInputError, match="bad pooling"):
+    with pytest.raises(PoolingError, match="bad pooling"):
         parse_pooling(text)
 
 
@@ -39,7 +40,7 @@ def test_single_token_document():
 
 @pytest.mark.parametrize(("text", "n_tok", "need"), [("mean-skip:3", 3, 4), ("span:2:6", 5, 6), ("last", 0, 1)])
 def test_too_short_document_names_it(text, n_tok, need):
-    with pytest.raises(SolverInputError, match=rf"document paired/s1/joy has {n_tok} tokens .* needs {need}"):
+    with pytest.raises(PoolingError, match=rf"document paired/s1/joy has {n_tok} tokens .* needs {need}"):
         parse_pooling(text)(torch.zeros(n_tok, 4), "paired/s1/joy")
 
 
@@ -51,5 +52,5 @@ def test_half_precision_is_averaged_in_float32():
 
 
 def test_rejects_non_matrix():
-    with pytest.raises(SolverInputError, match="expected a \\[n_tokens, width\\] matrix"):
+    with pytest.raises(PoolingError, match="expected a \\[n_tokens, width\\] matrix"):
         Pooling("last")(torch.zeros(2, 3, 4), "k")

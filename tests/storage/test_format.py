@@ -125,14 +125,17 @@ def test_plain_zarr_and_xarray_read_the_cache(written_cache: WrittenCache) -> No
     assert dataset["layer_1"].shape == (offsets[-1], WIDTHS["resid_post"])
 
 
-def test_gc_removes_only_old_uncommitted_segments(written_cache: WrittenCache) -> None:
+def test_gc_removes_only_uncommitted_segments_of_gone_writers(written_cache: WrittenCache) -> None:
     from actcache.storage.gc import collect_garbage
 
     writer = CacheWriter.open(written_cache.path, make_fingerprint())
     crashed = write_unit(writer, "unit-crashed", [64], np.random.default_rng(4),
                          WrittenCache(written_cache.path, [], {}, {}), commit=False)
-    assert collect_garbage(written_cache.path, older_than_s=3600) == []  # a writer may still be filling it
-    assert collect_garbage(written_cache.path, older_than_s=0) == [crashed]
+    kept = collect_garbage(written_cache.path, older_than_s=0)  # its writer is alive: never by age alone
+    assert kept.segments == [] and "its writer is alive" in kept.kept[crashed]
+    writer.close()  # releases the claim: an unclaimed segment falls back to its age
+    assert collect_garbage(written_cache.path, older_than_s=3600).segments == []
+    assert collect_garbage(written_cache.path, older_than_s=0).segments == [crashed]
     cache = open_cache(written_cache.path)
     assert cache.info()["uncommitted_segments"] == 0 and cache.n_documents == len(written_cache.docs)
     from actcache.storage import verify_cache

@@ -1,9 +1,12 @@
 """The memory budget of a solve (`--max-memory`): parsed once, then split between the cache stream, the
 per-document workspace, the streaming accumulators and the subspace totals before any data is read.
 
-The budget covers what a solve holds, not the interpreter: Python, torch, zarr and the loaded libraries
-take about 310 MB whatever the cache size. The work buffers BLAS/LAPACK touch once kernels run at real
-sizes are counted (`RUNTIME_WORKSPACE`). Checked in tests/solvers/test_job_memory.py.
+The budget covers what a solve holds, not the interpreters: Python, torch, zarr and the loaded libraries
+take about 310 MB per process (the driver and each Ray worker) whatever the cache size. The work buffers
+BLAS/LAPACK touch once kernels run at real sizes are counted (`RUNTIME_WORKSPACE`). With Ray workers, every
+task in flight holds its inputs in the object store, a copy in its worker and its workspace: the plan
+limits how many run at once (`MemoryPlan.in_flight`) so the bound holds for any worker count. Checked in
+tests/solvers/test_job_memory.py (peak RSS of the driver and every Ray process together).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def format_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How one layer's pass spends the budget (bytes); `subspace` is what the projector totals may use."""
+    """How one layer's pass spends the budget (bytes); `subspace` is what the projector totals may use,
+    `in_flight` how many Ray tasks may run at once (each holding `task` bytes)."""
 
     budget: int | None
     stream_block: int
@@ -46,21 +50,36 @@ class MemoryPlan:
     accumulators: int
     eigen: int
     subspace: int
+    in_flight: int = 1
+    task: int = 0
 
     def to_dict(self) -> dict[str, int | None]:
         return {k: getattr(self, k) for k in ("budget", "stream_block", "document", "accumulators", "eigen",
-                                               "subspace")}
+                                               "subspace", "in_flight", "task")}
+
+
+def ray_task_bytes(width: int, *, subspace: bool, pair_rows: int) -> int:
+    """What one Ray task holds beyond the driver's own accounting: an eigen task's T_c in the object store
+    (counted twice: the driver that wrote it and the worker that reads it both map its pages), its worker's
+    copies of T and T_c and the eigh temporaries (M_pos, M_base, their difference, the eigenvectors, LAPACK
+    workspace): 9 d x d float64; an aggregator task's paired samples in the store and in the worker, and the
+    fit's float64 copies: 16 x rows x d float32 for the largest concept's `pair_rows`."""
+    eigen_task = 9 * width * width * 8 if subspace else 0
+    return max(eigen_task, 16 * pair_rows * width * 4)
 
 
 def plan_memory(
-    budget: int | None, *, width: int, longest_document: int, accumulators: int, subspace: bool, kept: int = 0
+    budget: int | None, *, width: int, longest_document: int, accumulators: int, subspace: bool, kept: int = 0,
+    workers: int = 1, task: int = 0,
 ) -> MemoryPlan:
     """Split `budget` for one (hook, layer) pass of `width` columns.
 
     `accumulators` is `PassPlan.memory_bytes` without the subspace totals, `kept` what outlives the pass
     (vectors of finished layers). Fixed parts: the library workspace, the stream (about `STREAM_COPIES`
     blocks; the block is a twentieth of the budget), one document's matrices, the eigen-decomposition and
-    projector flush temporaries, and T, which later subspace batches keep beside their own totals. The
+    projector flush temporaries, and T, which later subspace batches keep beside their own totals. With
+    `workers` > 1, T sits once more in the object store and up to `in_flight` tasks of `task` bytes
+    (`ray_task_bytes`) run at once: as many as fit beside the smallest subspace totals, at least one. The
     rest is for the subspace totals (`subspace`, handed to `subspace_batches`). A budget that the fixed
     parts already exceed is an error naming the smallest budget that works.
     """
@@ -69,11 +88,17 @@ def plan_memory(
     # eigh: M_pos, M_base, their difference, eigenvectors; a flush: the (d, 1024) buffer and its Gram in
     # float32 and float64; T kept through later subspace batches
     eigen = (4 * square + 2 * width * 1024 * 4 + 3 * square // 2 + square) if subspace else 0
+    ray = workers > 1
+    task = task if ray else 0
     if budget is None:
-        return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62)
+        return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62, workers, task)
     block = max(MIN_STREAM_BLOCK, min(MAX_STREAM_BLOCK, budget // 20))
-    fixed = RUNTIME_WORKSPACE + STREAM_COPIES * block + document + accumulators + eigen + kept
+    shared = 2 * square if ray and subspace else 0  # T put once into the object store, mapped by driver and workers
+    fixed = RUNTIME_WORKSPACE + STREAM_COPIES * block + document + accumulators + eigen + kept + shared
     minimum_totals = 2 * square + width * 1024 * 4 if subspace else 0  # what subspace_batches needs at least
+    room = budget - fixed - minimum_totals
+    in_flight = min(workers, max(1, room // task)) if task else workers
+    fixed += in_flight * task
     if fixed + minimum_totals > budget:
         need = fixed + minimum_totals
         raise SolverInputError(
@@ -82,7 +107,7 @@ def plan_memory(
             f"{' and subspace totals' if subspace else ''} need about {format_bytes(need)}; raise it or "
             f"solve fewer methods, poolings or concepts at once"
         )
-    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed)
+    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed, in_flight, task)
 
 
 def pin_malloc_thresholds() -> bool:

@@ -271,3 +271,40 @@ class PooledStore:
 
     def n_seen(self, group: int) -> int:
         return self._seen.get(group, 0)
+
+
+class PositionShare:
+    """How much of a pooled mean one token position carries: per position (the first `track` of the document),
+    its norm's share of the summed token norms over the pooled rows, averaged over documents.
+
+    Real models put a huge norm on the first token (the attention sink): a plain mean is then mostly that
+    token, whatever the text says. `dominant()` finds a position above `threshold` so the job can warn.
+    """
+
+    def __init__(self, track: int = 16) -> None:
+        self.track = track
+        self._sums = torch.zeros(track, dtype=torch.float64)
+        self.n_docs = 0
+
+    def add(self, rows: Tensor, start: int) -> None:
+        """`rows` (n_sel, d): the pooled rows of one document, the first at token position `start`."""
+        norms = rows.float().norm(dim=1).double()
+        total = float(norms.sum())
+        self.n_docs += 1
+        keep = min(len(norms), self.track - start)
+        if total > 0 and keep > 0:
+            self._sums[start : start + keep] += (norms[:keep] / total).cpu()
+
+    @property
+    def nbytes(self) -> int:
+        return self._sums.nbytes
+
+    def shares(self) -> Tensor:
+        """(track,) mean share of each position over the documents seen."""
+        return self._sums / max(self.n_docs, 1)
+
+    def dominant(self, threshold: float = 0.5) -> tuple[int, float] | None:
+        """(position, mean share) of the position carrying more than `threshold`, else None."""
+        shares = self.shares()
+        position = int(shares.argmax())
+        return (position, float(shares[position])) if float(shares[position]) > threshold else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from actcache.cluster.weights import ModelShape
+from actcache.cluster.weight_bytes import ModelShape
 
 __all__ = [
     "HEADROOM_FRACTION",

@@ -1,0 +1,12 @@
+"""Defaults of `solve` and `sweep`, in one light module: the settings dataclasses and the command line both read
+them (building the CLI's help must not import torch)."""
+
+from __future__ import annotations
+
+__all__ = ["SOLVE_METHODS", "SWEEP_METHODS", "SWEEP_POOLINGS"]
+
+# heads is skipped with a note when the cache has no attn_z (solvers.job.resolve_methods)
+SOLVE_METHODS = ("caa", "subspace", "heads", "ridge", "quality")
+SWEEP_METHODS = ("caa", "pca", "logistic", "subspace")
+# not plain `mean`: real models put most of a document's token norm on the first token (the attention sink)
+SWEEP_POOLINGS = ("last", "mean-skip:1")

@@ -1,0 +1,82 @@
+"""`CacheReader.info()`: a cache's identities kept apart, what it holds, and its bytes on disk.
+
+Three identities, each answering its own question: the model digest (weights + config: "is this the same model?",
+the same whatever was captured), the capture spec (hooks, layers, dtype, cut: "what was stored?") and the cache
+fingerprint (all of it plus the tokenizer: "may I append to this cache?").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .disk_usage import disk_usage
+from .dtypes import storage_dtype
+from .fingerprint import canonical_json, digest
+
+if TYPE_CHECKING:
+    from .reader import CacheReader
+
+__all__ = ["cache_info", "label_summary"]
+
+MOST_COMMON = 3  # values shown per label field
+
+
+def cache_info(reader: CacheReader) -> dict[str, Any]:
+    """The JSON of `actcache info --json` (storage/cli.py formats it as text)."""
+    fp, records = reader.fingerprint, reader.commit_records()
+    widths = sum(fp.widths[h] for h in fp.capture.hooks) * len(fp.capture.layers)
+    committed = {r.segment for r in records}
+    raw = sum(sum(d.n_tokens for d in r.documents) for r in records) * widths * storage_dtype(fp.dtype).itemsize
+    usage = disk_usage(reader.path, committed)
+    source = reader.model_source or {}
+    documents = reader.documents()
+    return {
+        "path": str(reader.path),
+        "model": {"name": source.get("name") or (Path(source["path"]).name if source.get("path") else None),
+                  "architecture": fp.model.get("architecture"),
+                  "digest": fp.model_digest[:16]},  # weights + config only
+        "tokenizer_digest": digest(fp.tokenizer)[:16],
+        "cache_fingerprint": fp.digest[:16],  # model + tokenizer + dtype + capture spec: what an append must match
+        "dtype": fp.dtype,
+        "hooks": list(fp.capture.hooks),
+        "layers": list(fp.capture.layers),
+        "widths": dict(fp.widths),
+        "max_length": fp.capture.max_length,
+        "truncation_side": fp.capture.truncation_side,
+        "documents": len(documents),
+        "tokens": sum(d.n_tokens for d in documents),
+        "units": len(records),
+        "truncated_documents": sum(1 for d in documents if d.original_tokens > d.n_tokens),
+        "label_fields": label_summary(d.meta for d in documents),
+        "bytes_on_disk": usage.total,
+        "activation_bytes_raw": raw,
+        "activation_bytes_stored": usage.activations,  # committed units only, like the raw size
+        "compression_ratio": raw / usage.activations if usage.activations else None,
+        "uncommitted_segments": usage.segments - len(committed),
+        "uncommitted_bytes": usage.uncommitted,
+        "annotation_versions": reader.annotation_versions(),
+    }
+
+
+def label_summary(metas: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per label field: how many documents have it, how many distinct values, and the most common values with
+    their counts (a list value, e.g. several concepts of one text, counts each element)."""
+    counts: dict[str, Counter[Any]] = {}
+    holders: Counter[str] = Counter()
+    for meta in metas:
+        for name, value in meta.items():
+            holders[name] += 1
+            values = value if isinstance(value, list) else [value]
+            counts.setdefault(name, Counter()).update(v if _hashable(v) else canonical_json(v) for v in values)
+    return {
+        name: {"documents": holders[name], "distinct": len(counts[name]),
+               "most_common": [[value, n] for value, n in counts[name].most_common(MOST_COMMON)]}
+        for name in sorted(counts)
+    }
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None

@@ -1,0 +1,305 @@
+"""Training reads: shuffled, resumable, rank-sharded token batches of several hooks/layers (`CacheReader.tokens`).
+
+The order is pure arithmetic on a pinned list of committed units (token_plan.py): it depends on the seed, the
+epoch, the rank split and the batch and buffer sizes, never on how many threads or DataLoader workers read.
+Decoding runs on a thread pool (file reads, zstd and the byte unshuffle all release the GIL), one window ahead of
+the batches being served, so memory stays near two windows (`buffer_tokens` rows each) whatever the cache size.
+DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see __iter__).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .chunk_codec import ChunkDecoder
+from .dtypes import storage_dtype, to_torch, widen_to_float32
+from .errors import CacheError, CorruptCacheError
+from .index import CommitRecord
+from .layout import segment_path
+from .pooled import select_documents
+from .token_plan import LoaderSettings, LoaderSettingsError, Piece, TokenPlan
+
+if TYPE_CHECKING:
+    from .pooled import Where
+    from .reader import Document
+
+__all__ = ["TokenDataset", "STATE_VERSION"]
+
+STATE_VERSION = 1
+MAX_DEFAULT_THREADS = 8
+Batch = dict[str, torch.Tensor]
+
+
+class TokenDataset(IterableDataset[Batch]):
+    """Batches `{"<hook>.<layer>": [B, width], "token_index": [B] int64}`; see `CacheReader.tokens`.
+
+    Stateful in torchdata's sense: `state_dict()` after k batches and `load_state_dict()` on a fresh loader
+    continue with batch k+1 of the same run, in-process or per DataLoader worker (`StatefulDataLoader`).
+    """
+
+    def __init__(self, path: Path, cache_dtype: str, widths: dict[str, int], records: Sequence[CommitRecord],
+                 documents: Sequence[Document], settings: LoaderSettings, where: Where | None = None,
+                 threads: int | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.settings = settings
+        self.threads = threads
+        self._cache_dtype = cache_dtype
+        self._widths = {key: widths[name.split("/")[0]] for key, name in settings.streams}
+        self._records = list(records)  # every committed unit of the reader: a state may pin a subset
+        self._documents = {d.key: d for d in documents}
+        self._where = where
+        self.plan = self._plan(self._records)
+        if self.plan.batches_per_rank == 0:
+            raise LoaderSettingsError(f"{self.plan.n_selected} selected tokens make {self.plan.n_slots} batch(es) "
+                                      f"of {settings.batch_size}, fewer than world_size={settings.world_size}: "
+                                      "use a smaller batch_size")
+        self._step = 0  # the next batch of this reader's stream (counted over all epochs)
+        self._stride = 1  # how many readers share the stream (DataLoader workers) when `_step` was recorded
+
+    def _plan(self, records: Sequence[CommitRecord]) -> TokenPlan:
+        """Documents of `records` in `documents()` order (a key committed twice counts once), then the selection."""
+        docs, token_start, first = [], {}, 0
+        for record in records:
+            for doc in record.documents:
+                if doc.key not in token_start:
+                    token_start[doc.key] = first
+                    docs.append(self._documents[doc.key])
+                    first += doc.n_tokens
+        chosen = select_documents(docs, self._where)
+        return TokenPlan.build(records, {d.key: token_start[d.key] for d in chosen}, self.settings)
+
+    def __len__(self) -> int:
+        """Batches this rank yields over all epochs."""
+        return self.plan.batches_per_rank * self.settings.epochs
+
+    # -- resumption -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where this reader is, and the exact snapshot (committed units, selection) it reads."""
+        return {"version": STATE_VERSION, "settings": self.settings.to_dict(),
+                "units": [r.unit_id for r in self.plan.records], "selection": self.plan.digest,
+                "step": self._step, "stride": self._stride}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a run: the same units as when the state was taken (units committed since are ignored)."""
+        if state.get("version") != STATE_VERSION:
+            raise CacheError(f"loader state version {state.get('version')} is not {STATE_VERSION}: start a new run")
+        mine = self.settings.to_dict()
+        theirs = dict(state["settings"])
+        changed = [k for k in mine if k != "epochs" and mine[k] != theirs.get(k)]
+        if changed:
+            shown = "; ".join(f"{k} (state: {theirs.get(k)}, now: {mine[k]})" for k in changed)
+            raise CacheError(f"the loader state was taken with different settings: {shown}: open tokens() with "
+                             "the settings of the run you resume")
+        if state["units"] != [r.unit_id for r in self.plan.records]:
+            by_id = {r.unit_id: r for r in self._records}
+            lost = [u for u in state["units"] if u not in by_id]
+            if lost:
+                raise CacheError(f"{len(lost)} unit(s) the run read are no longer committed in {self.path} (e.g. "
+                                 f"{lost[0]}): resume on the cache the run started on")
+            self.plan = self._plan([by_id[u] for u in state["units"]])
+        if self.plan.digest != state["selection"]:
+            raise CacheError("the documents this run selects changed since the state was taken (labels relabelled, "
+                             "or a different `where`): open the cache at the annotation version the run started "
+                             "with (open_cache(path, annotations=N))")
+        self._step, self._stride = int(state["step"]), int(state["stride"])
+
+    # -- iteration ------------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.settings.shuffle and workers > 1:
+            # every batch of a window draws rows from all of its units: N workers taking turns would each decode
+            # every window, so worker 0 serves all batches (its threads decode in parallel) and the rest stop
+            if worker > 0:
+                return iter(())
+            worker, workers = 0, 1
+        # a worker's own saved position resumes as is; a whole-stream position is shared out among the workers
+        start = self._step if workers > 1 and self._stride == workers else self._step + worker
+        if start >= len(self):
+            start = worker  # a finished run starts over
+        threads = self.threads or max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1) // workers)
+        return self._batches(start, workers, threads, shared=info is not None)
+
+    def _batches(self, start: int, stride: int, threads: int, shared: bool) -> Iterator[Batch]:
+        plan = self.plan
+        # a sequential read permutes nothing: workers taking turns decode only the units of their own batches
+        slots = self.settings.window_slots if self.settings.shuffle or stride == 1 else 1
+        reader = _WindowReader(self, threads, slots)
+        try:
+            for step in range(start, len(self), stride):
+                epoch, slot = plan.slot_of(step)
+                window = reader.window(epoch, slot // slots)
+                ahead = self._next_window(step, stride, slots)
+                if ahead is not None:
+                    reader.prefetch(*ahead)
+                batch = window.batch(slot % slots, shared)
+                self._step, self._stride = step + stride, stride
+                yield batch
+        finally:
+            reader.close()
+
+    def _next_window(self, step: int, stride: int, slots: int) -> tuple[int, int] | None:
+        """(epoch, window) of this reader's first batch past the window of `step`, if any."""
+        plan = self.plan
+        epoch, slot = plan.slot_of(step)
+        per_rank, first_slot = plan.batches_per_rank, self.settings.rank * plan.batches_per_rank
+        last_in_window = epoch * per_rank + min((slot // slots + 1) * slots - 1 - first_slot, per_rank - 1)
+        following = step + stride * (-(-(last_in_window + 1 - step) // stride))
+        if following >= len(self):
+            return None
+        epoch, slot = plan.slot_of(following)
+        return epoch, slot // slots
+
+    def batch_tensors(self, rows: dict[str, np.ndarray], tokens: np.ndarray) -> Batch:
+        """Stored rows -> tensors in the requested dtype (float32 widens bf16/fp16 exactly)."""
+        out: Batch = {}
+        for key, stored in rows.items():
+            if self.settings.dtype == "float32":
+                out[key] = torch.from_numpy(widen_to_float32(stored, self._cache_dtype))
+            else:
+                out[key] = to_torch(stored, self._cache_dtype)
+        out["token_index"] = torch.from_numpy(tokens)
+        return out
+
+
+class _Window:
+    """One window's rows, filled by decoding tasks on the pool straight into their shuffled places, so that a
+    batch is a plain slice (a view: a batch kept alive keeps its window's memory alive)."""
+
+    def __init__(self, owner: TokenDataset, epoch: int, window: int, slots: int,
+                 order: tuple[np.ndarray, np.ndarray], fill: Callable[[_Window, Piece], None],
+                 pool: ThreadPoolExecutor) -> None:
+        plan = owner.plan
+        s0, s1 = plan.window_rows(window, slots)
+        dtype = storage_dtype(owner._cache_dtype)
+        self.owner = owner
+        self.rows = {key: np.empty((s1 - s0, owner._widths[key]), dtype) for key, _ in owner.settings.streams}
+        self.tokens = np.empty(s1 - s0, np.int64)
+        permutation = plan.window_permutation(epoch, window)  # batch position -> window row (S order)
+        self.place: np.ndarray | None = None  # window row -> batch position
+        if permutation is not None:
+            self.place = np.empty_like(permutation)
+            self.place[permutation] = np.arange(len(permutation))
+        self._pending: list[Future[None]] = [pool.submit(fill, self, piece)
+                                             for piece in plan.window_pieces(order[1], order[0], window, slots)]
+
+    def batch(self, local_slot: int, shared: bool) -> Batch:
+        """Batch `local_slot` of the window; `shared`: copied into shared memory (for a DataLoader worker)."""
+        for future in self._pending:
+            future.result()  # re-raises a decoding error (missing chunk, bad checksum) in the reading thread
+        self._pending = []
+        size = self.owner.settings.batch_size
+        lo, hi = local_slot * size, min((local_slot + 1) * size, len(self.tokens))
+        batch = self.owner.batch_tensors({key: values[lo:hi] for key, values in self.rows.items()},
+                                         self.tokens[lo:hi])
+        if shared:
+            return {key: torch.empty_like(t).share_memory_().copy_(t) for key, t in batch.items()}
+        return batch
+
+    def cancel(self) -> None:
+        for future in self._pending:
+            future.cancel()
+
+
+class _WindowReader:
+    """The windows one reader holds (the current one and the next), the decoders and the decoding threads."""
+
+    def __init__(self, owner: TokenDataset, threads: int, slots: int) -> None:
+        self.owner = owner
+        self.slots = slots
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="actcache-tokens")
+        self.store = zarr.storage.LocalStore(str(owner.path), read_only=True)
+        self.decoders: dict[tuple[int, str], ChunkDecoder] = {}
+        self.windows: dict[tuple[int, int], _Window] = {}
+        self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def window(self, epoch: int, window: int) -> _Window:
+        """The window, decoded or decoding; older windows are dropped."""
+        key = (epoch, window)
+        if key not in self.windows:
+            self.prefetch(epoch, window)
+        for old in [k for k in self.windows if k < key]:
+            self.windows.pop(old).cancel()
+        return self.windows[key]
+
+    def prefetch(self, epoch: int, window: int) -> None:
+        if (epoch, window) in self.windows:
+            return
+        if epoch not in self.orders:
+            self.orders = {e: o for e, o in self.orders.items() if e >= epoch - 1}
+            self.orders[epoch] = self.owner.plan.epoch_order(epoch)
+        order = self.orders[epoch]
+        plan = self.owner.plan
+        for piece in plan.window_pieces(order[1], order[0], window, self.slots):  # open arrays here, not on the pool
+            self._decoders_of(int(plan.unit_segment[piece.unit]))
+        self.windows[(epoch, window)] = _Window(self.owner, epoch, window, self.slots, order, self._fill, self.pool)
+
+    def _decoders_of(self, segment: int) -> dict[str, ChunkDecoder]:
+        record = self.owner.plan.records[segment]
+        out = {}
+        for key, name in self.owner.settings.streams:
+            decoder = self.decoders.get((segment, name))
+            if decoder is None:
+                path = f"{segment_path(record.segment)}/{name}"
+                array = zarr.open_array(self.store, path=path, mode="r")
+                decoder = ChunkDecoder(array, self.owner.path / path)
+                self.decoders[(segment, name)] = decoder
+            out[key] = decoder
+        return out
+
+    def _fill(self, window: _Window, piece: Piece) -> None:
+        """Decode one unit's chunks once and put its selected rows of `piece` in their window places (a pool task)."""
+        plan = self.owner.plan
+        segment = int(plan.unit_segment[piece.unit])
+        starts, stops, tokens = plan.unit_runs(piece.unit, piece.first, piece.stop)
+        dests = piece.dest + np.concatenate([[0], np.cumsum(stops - starts)])  # window rows (S order) of each run
+        place = window.place
+        for start, stop, token, dest in zip(starts, stops, tokens, dests, strict=False):
+            where = slice(dest, dest + stop - start) if place is None else place[dest:dest + stop - start]
+            window.tokens[where] = np.arange(token, token + stop - start)
+        for key, decoder in self._decoders_of(segment).items():
+            rows, out = decoder.chunk_rows, window.rows[key]
+            for chunk in range(int(starts[0]) // rows, (int(stops[-1]) - 1) // rows + 1):
+                c0, c1 = chunk * rows, (chunk + 1) * rows
+                hit = np.flatnonzero((starts < c1) & (stops > c0))
+                if not len(hit):
+                    continue
+                try:
+                    planes = decoder.planes(chunk)
+                except CorruptCacheError as error:
+                    raise CorruptCacheError(f"{error} (documents {_documents_at(plan.records[segment], c0, c1)})") \
+                        from None
+                for i in hit:
+                    lo, hi = max(int(starts[i]), c0), min(int(stops[i]), c1)
+                    at = int(dests[i]) + lo - int(starts[i])
+                    if place is None:
+                        decoder.unshuffle(planes, lo - c0, hi - c0, out[at:at + hi - lo])
+                    else:  # decode contiguous, then scatter the rows to their shuffled places
+                        staged = np.empty((hi - lo, out.shape[1]), out.dtype)
+                        decoder.unshuffle(planes, lo - c0, hi - c0, staged)
+                        out[place[at:at + hi - lo]] = staged
+
+    def close(self) -> None:
+        for window in self.windows.values():
+            window.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _documents_at(record: CommitRecord, start: int, stop: int) -> str:
+    """'key (source)' of the first documents of a unit with rows in [start, stop)."""
+    names, first = [], 0
+    for doc in record.documents:
+        if first < stop and first + doc.n_tokens > start:
+            names.append(f"{doc.key} ({doc.meta.get('source', 'no source')})")
+        first += doc.n_tokens
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

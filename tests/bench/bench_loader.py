@@ -1,0 +1,166 @@
+"""Benchmark: the token loader (`CacheReader.tokens`) against the codec's own decode limit, measured in the same run.
+
+    .venv/bin/python tests/bench/bench_loader.py [--tokens 49152] [--width 576] [--batch 4096] [--repeats 2]
+
+Cache: one layer of `resid_post` and `attn_z` (float32, `--width` wide), written through `CacheWriter` from
+Gaussian rows with per-feature log-normal scales (outlier features, as real residuals have) in documents of 20 to
+600 tokens. Decode limit: zstd + unshuffle (numcodecs, the codec itself, into reused buffers) of the same chunk
+bytes already in memory, one thread, no zarr, no file reads, no checksum. Loader rows: one epoch, batches as
+float32 tensors of both arrays; "threads" are the loader's decoding threads in one process, "workers" DataLoader
+worker processes (one decoding thread each). "MB per CPU s" divides the decoded bytes delivered by the CPU time
+of the process and its workers: on a shared machine wall-clock rates mostly measure the neighbours.
+Mixing: how often two rows of a batch come from the same document, divided by that rate under a perfect shuffle
+of the whole epoch (1.0 is perfect; it grows with cache tokens / window rows, so a big cache shows larger values).
+Peak memory is the RSS high-water mark above the RSS when the run starts (VmHWM, reset via /proc/self/clear_refs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def _status(field: str) -> int:
+    return int(re.search(field + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def write_cache(path: Path, tokens: int, width: int) -> None:
+    from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+
+    fp = CacheFingerprint(model={"architecture": "Bench"}, tokenizer={"backend_sha256": "bench"}, dtype="float32",
+                          capture=CaptureSpec(hooks=("resid_post", "attn_z"), layers=(0,), max_length=600),
+                          widths={"resid_post": width, "attn_z": width},
+                          hook_attrs={"attn_z": {"n_heads": width // 64, "head_dim": 64}})
+    rng = np.random.default_rng(0)
+    writer = CacheWriter.open(path, fp)
+    unit_tokens, unit = 16384, 0
+    while tokens > 0:
+        lengths: list[int] = []
+        while sum(lengths) < min(unit_tokens, tokens):
+            lengths.append(int(rng.integers(20, 601)))
+        n = sum(lengths)
+        docs = [DocRecord(f"u{unit}-d{i}", length, {"split": "train" if i % 5 else "test"})
+                for i, length in enumerate(lengths)]
+        segment = writer.begin_segment(f"unit-{unit}", docs, rng.integers(0, 1000, n))
+        seg_writer = writer.segment_writer(segment)
+        for hook in ("resid_post", "attn_z"):
+            scale = np.exp(rng.normal(0.0, 1.0, width)).astype(np.float32)
+            seg_writer.append(f"{hook}/layer_0", rng.standard_normal((n, width), dtype=np.float32) * scale)
+        assert writer.commit(f"unit-{unit}", segment, docs, seg_writer.close())
+        tokens -= n
+        unit += 1
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (DataLoader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def decode_limit(path: Path) -> tuple[float, float, int]:
+    """Decoded MB per wall second and per CPU second of one thread (zstd + numcodecs unshuffle of every chunk's
+    bytes, read beforehand); the best of three passes."""
+    from numcodecs import Shuffle, Zstd
+
+    blobs = [p.read_bytes()[:-4] for p in sorted(path.glob("segments/*/*/layer_0/c/*/0"))]
+    zstd, shuffle = Zstd(), Shuffle(elementsize=4)
+    raw, out = np.empty(len(zstd.decode(blobs[0])), np.uint8), np.empty(len(zstd.decode(blobs[0])), np.uint8)
+    wall = cpu = 0.0
+    for _ in range(3):
+        start, start_cpu = time.perf_counter(), _cpu_seconds()
+        decoded = sum(len(shuffle.decode(zstd.decode(b, out=raw), out=out)) for b in blobs)  # no page faults
+        wall = max(wall, decoded / (time.perf_counter() - start) / 1e6)
+        cpu = max(cpu, decoded / (_cpu_seconds() - start_cpu) / 1e6)
+    return wall, cpu, len(blobs)
+
+
+def run_loader(path: Path, *, shuffle: bool, threads: int = 1, workers: int = 0, batch: int = 4096,
+               buffer_tokens: int = 1 << 15) -> dict:
+    """One epoch: seconds, tokens, peak RSS above the start, and the mixing ratio."""
+    from actcache.storage import open_cache
+    from torch.utils.data import DataLoader
+
+    reader = open_cache(path)
+    ds = reader.tokens(batch_size=batch, shuffle=shuffle, threads=threads, buffer_tokens=buffer_tokens)
+    doc_of = np.repeat(np.arange(reader.n_documents), [d.n_tokens for d in reader.documents()])
+    source = ds if workers == 0 else DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
+    rss = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
+    tokens, same_pairs, pairs = 0, 0, 0
+    for b in source:
+        index = b["token_index"].numpy()
+        tokens += len(index)
+        counts = np.bincount(doc_of[index])
+        same_pairs += int((counts * (counts - 1)).sum())
+        pairs += len(index) * (len(index) - 1)
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
+    del source
+    sizes = np.bincount(doc_of).astype(np.float64)
+    perfect = (sizes * (sizes - 1)).sum() / (len(doc_of) * (len(doc_of) - 1))
+    return {"seconds": seconds, "cpu": cpu, "tokens": tokens, "peak": _status("VmHWM") - rss,
+            "mixing": same_pairs / pairs / perfect}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=49152)
+    parser.add_argument("--width", type=int, default=576)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per loader setting; the best is reported")
+    parser.add_argument("--buffers", default="8192,32768,131072", help="buffer_tokens values for the memory rows")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        path = Path(tmp) / "cache"
+        start = time.perf_counter()
+        write_cache(path, args.tokens, args.width)
+        print(f"wrote {args.tokens} tokens x 2 arrays x {args.width} float32 in {time.perf_counter() - start:.1f} s "
+              f"({os.cpu_count()} cores visible)", flush=True)
+        limit, limit_cpu, chunks = decode_limit(path)
+        token_bytes = 2 * args.width * 4
+        print(f"load average {os.getloadavg()[0]:.1f}; decode limit over {chunks} chunks: {limit:.0f} MB/s per "
+              f"wall second ({limit * 1e6 / token_bytes:,.0f} tokens/s), {limit_cpu:.0f} MB per CPU second",
+              flush=True)
+
+        rows, seq = [], {}
+        for label, kwargs, parallel in [("1 thread", {"threads": 1}, 1), ("2 threads", {"threads": 2}, 2),
+                                        ("2 workers", {"workers": 2}, 2)]:
+            for shuffle in (False, True):
+                runs = [run_loader(path, shuffle=shuffle, batch=args.batch, **kwargs) for _ in range(args.repeats)]
+                best = min(runs, key=lambda r: r["seconds"])
+                rate = best["tokens"] / best["seconds"]
+                per_cpu = max(r["tokens"] / r["cpu"] for r in runs) * token_bytes / 1e6  # MB per CPU second
+                if not shuffle:
+                    seq[label] = rate
+                vs = f"{rate / seq[label]:.2f}x" if shuffle else "1"
+                rows.append((label, "shuffled" if shuffle else "sequential", f"{rate:,.0f}",
+                             f"{rate * token_bytes / 1e9:.2f}", f"{rate * token_bytes / 1e6 / (limit * parallel):.2f}x",
+                             vs, f"{per_cpu:.0f} ({per_cpu / limit_cpu:.2f}x)", f"{best['mixing']:.1f}"))
+                print(" | ".join(rows[-1]), flush=True)
+        print("\n| reader | order | tokens/s | GB/s (float32) | vs decode limit x parallel | vs sequential | "
+              "MB per CPU s (vs limit) | same-document pairs vs perfect |\n|---|---|---|---|---|---|---|---|\n"
+              + "\n".join("| " + " | ".join(r) + " |" for r in rows))
+
+        print("\n| buffer_tokens | peak RSS above start (MiB) | window (MiB) | same-document pairs vs perfect |\n"
+              "|---|---|---|---|")
+        for buffer in map(int, args.buffers.split(",")):
+            run = run_loader(path, shuffle=True, threads=2, batch=args.batch, buffer_tokens=buffer)
+            window = max(1, buffer // args.batch) * args.batch * token_bytes / 2**20
+            print(f"| {buffer} | {run['peak'] / 2**20:.0f} | {window:.0f} | {run['mixing']:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""`gc` against real writer processes: a live writer's segment stays, a killed writer's goes once its lease
+expired; stale temp files go too, and `gc` says what it kept and why."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from actcache import actcache_cli
+from actcache.storage import CacheWriter, open_cache, verify_cache
+from actcache.storage.claims import ClaimBoard, segment_subject
+from actcache.storage.commit_log import LocalCommitLog
+from actcache.storage.gc import collect_garbage
+from storage_fixtures import WrittenCache, make_fingerprint, write_unit
+
+LEASE_S = 1.0
+# A writer process: claims and fills a segment, says which, then commits it when told to (or waits to be killed).
+_WRITER = """
+import sys
+import numpy as np
+from actcache.storage import CacheWriter, DocRecord
+from actcache.storage.layout import activation_name
+sys.path.insert(0, {fixtures!r})
+from storage_fixtures import make_fingerprint
+writer = CacheWriter.open({path!r}, make_fingerprint(), lease_s={lease})
+docs = [DocRecord({unit!r} + "-doc", 64)]
+segment = writer.begin_segment({unit!r}, docs, np.zeros(64, np.int32))
+rows = writer.segment_writer(segment)
+for name in rows._streams:
+    rows.append(name, np.ones((64, writer.fingerprint.widths[name.split("/")[0]]), np.float32))
+manifests = rows.close()
+print(segment, flush=True)
+sys.stdin.readline()
+try:
+    print("committed" if writer.commit({unit!r}, segment, docs, manifests) else "lost", flush=True)
+except Exception as error:
+    print(type(error).__name__, error, flush=True)
+"""
+
+
+def _start_writer(path: Path, unit: str) -> tuple[subprocess.Popen[str], str]:
+    code = _WRITER.format(fixtures=str(Path(__file__).parent), path=str(path), lease=LEASE_S, unit=unit)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    segment = proc.stdout.readline().strip()
+    assert segment, f"writer exited with {proc.wait()}"
+    return proc, segment
+
+
+def test_gc_keeps_a_live_writers_segment_and_removes_a_killed_ones_after_its_lease(
+        written_cache: WrittenCache) -> None:
+    alive, alive_segment = _start_writer(written_cache.path, "unit-alive")
+    killed, killed_segment = _start_writer(written_cache.path, "unit-killed")
+    board = ClaimBoard(LocalCommitLog(written_cache.path / "claims"))
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        report = collect_garbage(written_cache.path, older_than_s=0)  # killed, but its lease still runs
+        assert report.segments == [] and "lease expires in" in report.kept[killed_segment]
+        time.sleep(LEASE_S * 1.5)  # the killed writer's lease expires; the live one renews its own meanwhile
+        report = collect_garbage(written_cache.path, older_than_s=0)
+        assert report.segments == [killed_segment]
+        assert f"its writer is alive (pid {alive.pid} on host" in report.kept[alive_segment]
+        assert (written_cache.path / "segments" / alive_segment).is_dir()
+        assert not (written_cache.path / "segments" / killed_segment).exists()
+        assert board.get(segment_subject(killed_segment)) is None  # the expired claim went with it
+        assert alive.stdin is not None and alive.stdout is not None
+        alive.stdin.write("commit\n")
+        alive.stdin.flush()
+        assert alive.stdout.readline().strip() == "committed"
+    finally:
+        alive.kill()
+        alive.wait()
+    assert board.claims() == []  # released after the commit
+    cache = open_cache(written_cache.path)
+    assert cache.n_documents == len(written_cache.docs) + 1 and verify_cache(written_cache.path).ok
+
+
+def test_a_writer_stalled_past_its_lease_refuses_to_commit(written_cache: WrittenCache) -> None:
+    stalled, segment = _start_writer(written_cache.path, "unit-late")
+    try:
+        stalled.send_signal(signal.SIGSTOP)  # the whole process, its renewing thread too
+        time.sleep(LEASE_S * 1.5)
+        assert collect_garbage(written_cache.path, older_than_s=0).segments == [segment]
+        stalled.send_signal(signal.SIGCONT)
+        assert stalled.stdin is not None and stalled.stdout is not None
+        stalled.stdin.write("commit\n")
+        stalled.stdin.flush()
+        outcome = stalled.stdout.readline()
+    finally:
+        stalled.kill()
+        stalled.wait()
+    assert outcome.startswith("CacheError this writer's claim on segment/") and "rerun" in outcome, outcome
+    assert "unit-late" not in {r.unit_id for r in open_cache(written_cache.path).commit_records()}
+
+
+def test_gc_removes_stale_temp_files_and_says_what_it_kept(written_cache: WrittenCache, capsys) -> None:
+    stale = written_cache.path / "commits" / ".tmp-abc.json"  # a committer killed between write and link
+    fresh = written_cache.path / "commits" / ".tmp-def.json"  # a committer at work right now
+    partial = written_cache.path / "zarr.json.0123abcd.partial"  # zarr's own temp file
+    for temp in (stale, fresh, partial):
+        temp.write_text("{}")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(partial, (old, old))
+    writer = CacheWriter.open(written_cache.path, make_fingerprint())
+    segment = write_unit(writer, "unit-busy", [8], np.random.default_rng(5),
+                         WrittenCache(written_cache.path, [], {}, {}), commit=False)
+    assert actcache_cli.main(["gc", str(written_cache.path), "--older-than", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted 0 uncommitted segment(s)" in out
+    assert "deleted 2 temp file(s) of killed writers: commits/.tmp-abc.json, zarr.json.0123abcd.partial" in out
+    assert f"kept {segment}: its writer is alive (pid {os.getpid()}" in out
+    assert fresh.exists() and not stale.exists() and not partial.exists()
+    writer.close()

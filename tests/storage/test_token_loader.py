@@ -1,0 +1,235 @@
+"""The training loader (`CacheReader.tokens`): exactly-once coverage, alignment with `activations()`, the same
+order for any number of workers, disjoint rank shards, filters, and exact resumption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from actcache.storage import CacheWriter, CorruptCacheError, open_cache
+from actcache.storage.errors import CacheError
+from storage_fixtures import WrittenCache, make_fingerprint, write_unit
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+STREAMS = [("resid_post", 1), ("resid_post", 3), ("attn_z", 1), ("attn_z", 3)]
+SMALL = {"batch_size": 100, "buffer_tokens": 400}  # windows of 4 batches over 64-row units
+
+
+def _small_chunks(width: int, itemsize: int) -> int:
+    """Chunks of 32 rows (resid_post) and 64 rows (attn_z): many chunks of two heights in a tiny cache."""
+    return 32 if width == 16 else 64
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> WrittenCache:
+    """Three units, 2401 tokens in ~40 units of 64 rows; documents from 1 to 700 tokens."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("actcache.storage.writer.chunk_tokens_for", _small_chunks)
+        rng = np.random.default_rng(0)
+        out = WrittenCache(tmp_path_factory.mktemp("loader") / "cache", [], {}, {})
+        writer = CacheWriter.open(out.path, make_fingerprint())
+        write_unit(writer, "unit-a", [5, 300, 1, 40, 77], rng, out)
+        write_unit(writer, "unit-b", [700, 9, 13], rng, out)
+        write_unit(writer, "unit-c", [int(n) for n in rng.integers(1, 60, 40)], rng, out)
+    return out
+
+
+def _collect(batches) -> list[dict[str, np.ndarray]]:
+    return [{k: v.numpy() for k, v in batch.items()} for batch in batches]
+
+
+def _token_index(batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([b["token_index"] for b in batches])
+
+
+def _expected(cache: WrittenCache) -> dict[str, np.ndarray]:
+    """Every stream's rows in `documents()` order, read back through `activations()`."""
+    reader = open_cache(cache.path)
+    return {f"{h}.{layer}": np.concatenate([reader.activations(h, layer, d.key) for d in reader.documents()])
+            for h, layer in STREAMS}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_token_once_with_all_hooks_aligned(cache: WrittenCache, shuffle: bool) -> None:
+    batches = _collect(open_cache(cache.path).tokens(shuffle=shuffle, **SMALL))
+    sizes = [len(b["token_index"]) for b in batches]
+    assert sizes == [100] * 24 + [1]  # 2401 tokens: full batches, then the epoch's short last one
+    order = _token_index(batches)
+    np.testing.assert_array_equal(np.sort(order), np.arange(2401))
+    if not shuffle:
+        np.testing.assert_array_equal(order, np.arange(2401))
+    expected = _expected(cache)
+    for key, rows in expected.items():
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in batches]), rows[order])
+    written = np.concatenate([cache.values[("attn_z", 3, d.key)] for d in cache.docs])
+    np.testing.assert_array_equal(expected["attn_z.3"], written)
+
+
+def test_shuffle_mixes_documents_across_the_window(cache: WrittenCache) -> None:
+    reader = open_cache(cache.path)
+    doc_of = np.repeat(np.arange(reader.n_documents), [d.n_tokens for d in reader.documents()])
+    shuffled = _collect(reader.tokens(seed=1, **SMALL))
+    sequential = _collect(reader.tokens(shuffle=False, **SMALL))
+    distinct = [np.mean([len(set(doc_of[b["token_index"]])) for b in run[:-1]]) for run in (shuffled, sequential)]
+    assert distinct[0] > 1.5 * distinct[1]  # rows of one batch come from many more documents
+    again = _token_index(_collect(reader.tokens(seed=1, **SMALL)))
+    np.testing.assert_array_equal(_token_index(shuffled), again)
+    assert not np.array_equal(_token_index(shuffled), _token_index(_collect(reader.tokens(seed=2, **SMALL))))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_same_batches_for_any_number_of_workers_and_threads(cache: WrittenCache, shuffle: bool) -> None:
+    reader = open_cache(cache.path)
+    reference = _collect(reader.tokens(shuffle=shuffle, epochs=2, threads=1, **SMALL))
+    for workers in (2, 3):
+        ds = reader.tokens(shuffle=shuffle, epochs=2, threads=2, **SMALL)
+        got = _collect(DataLoader(ds, batch_size=None, num_workers=workers))
+        assert len(got) == len(reference) == 50
+        for mine, theirs in zip(got, reference, strict=True):
+            assert mine.keys() == theirs.keys()
+            for key in mine:
+                np.testing.assert_array_equal(mine[key], theirs[key])
+
+
+def test_ranks_get_disjoint_equal_shards(cache: WrittenCache) -> None:
+    reader = open_cache(cache.path)
+    for world in (2, 3, 4):
+        shards = [_collect(reader.tokens(rank=r, world_size=world, **SMALL)) for r in range(world)]
+        counts = {len(s) for s in shards}
+        assert counts == {25 // world}  # 25 batches: at most world - 1 dropped
+        seen = np.concatenate([_token_index(s) for s in shards])
+        assert len(np.unique(seen)) == len(seen)  # never a token twice
+        assert len(seen) >= 2401 - (world - 1) * 100 - 1
+
+
+def test_where_and_positions_select_documents_and_tokens(cache: WrittenCache) -> None:
+    reader = open_cache(cache.path)
+    docs = reader.documents()
+    starts = np.concatenate([[0], np.cumsum([d.n_tokens for d in docs])])
+    for where, positions, keep in [({"source": "unit-c.txt"}, 1, lambda d, p: p >= 1),
+                                   ({"index": [0, 1]}, slice(2, 10), lambda d, p: 2 <= p < 10),
+                                   (None, slice(0, -1), lambda d, p: p < d.n_tokens - 1)]:
+        ds = reader.tokens(where=where, positions=positions, batch_size=64, buffer_tokens=256)
+        batches = _collect(ds)
+        got = _token_index(batches)
+        wanted = [starts[i] + p for i, d in enumerate(docs) for p in range(d.n_tokens)
+                  if keep(d, p) and (where is None or all(
+                      d.meta.get(f) in (v if isinstance(v, list) else [v]) for f, v in where.items()))]
+        np.testing.assert_array_equal(np.sort(got), wanted)
+        assert all(len(b["token_index"]) == 64 for b in batches[:-1])
+        expected = _expected(cache)
+        np.testing.assert_array_equal(np.concatenate([b["attn_z.1"] for b in batches]), expected["attn_z.1"][got])
+
+
+def test_resume_in_process_ignores_units_appended_since(cache: WrittenCache, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(cache.path, path)
+    settings = {"seed": 3, "epochs": 2, "hooks": ["attn_z"], "layers": [3], **SMALL}
+    full = _collect(open_cache(path).tokens(**settings))
+    ds = open_cache(path).tokens(**settings)
+    head = []
+    for batch in ds:
+        head.append({k: v.numpy() for k, v in batch.items()})
+        if len(head) == 31:  # into the second epoch
+            break
+    state = ds.state_dict()
+    write_unit(CacheWriter.open(path, make_fingerprint()), "unit-late", [90, 250], np.random.default_rng(5),
+               WrittenCache(path, [], {}, {}))
+    fresh = open_cache(path).tokens(**settings)
+    assert fresh.plan.n_selected == 2401 + 340  # the fresh reader sees the append ...
+    fresh.load_state_dict(state)
+    rest = _collect(fresh)  # ... the resumed run does not
+    assert len(head) + len(rest) == len(full)
+    for mine, theirs in zip(head + rest, full, strict=True):
+        np.testing.assert_array_equal(mine["token_index"], theirs["token_index"])
+        np.testing.assert_array_equal(mine["attn_z.3"], theirs["attn_z.3"])
+
+
+def test_resume_through_stateful_dataloader_with_two_workers(cache: WrittenCache) -> None:
+    settings = {"seed": 4, "epochs": 2, **SMALL}
+    reader = open_cache(cache.path)
+    full = _collect(reader.tokens(**settings))
+    loader = StatefulDataLoader(reader.tokens(**settings), batch_size=None, num_workers=2)
+    head = []
+    for batch in loader:
+        head.append({k: v.numpy() for k, v in batch.items()})
+        if len(head) == 17:
+            break
+    state = loader.state_dict()
+    del loader
+    resumed = StatefulDataLoader(open_cache(cache.path).tokens(**settings), batch_size=None, num_workers=2)
+    resumed.load_state_dict(state)
+    rest = _collect(resumed)
+    assert [len(head), len(rest)] == [17, len(full) - 17]
+    for mine, theirs in zip(head + rest, full, strict=True):
+        for key in theirs:
+            np.testing.assert_array_equal(mine[key], theirs[key])
+
+
+def test_a_state_from_other_settings_is_refused(cache: WrittenCache) -> None:
+    reader = open_cache(cache.path)
+    state = reader.tokens(seed=0, **SMALL).state_dict()
+    with pytest.raises(CacheError, match="seed"):
+        reader.tokens(seed=1, **SMALL).load_state_dict(state)
+    with pytest.raises(CacheError, match="changed"):
+        reader.tokens(seed=0, where={"source": "unit-a.txt"}, **SMALL).load_state_dict(
+            {**state, "settings": state["settings"]})
+    with pytest.raises(ValueError, match="rank"):
+        reader.tokens(rank=2, world_size=2)
+    with pytest.raises(ValueError, match="no document has"):
+        reader.tokens(where={"split": "train"})
+    with pytest.raises(ValueError, match="fewer than world_size=30"):
+        reader.tokens(rank=0, world_size=30, **SMALL)
+
+
+def test_bfloat16_cache_reads_as_float32_or_its_own_bits(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    out = WrittenCache(tmp_path / "bf16", [], {}, {})
+    write_unit(CacheWriter.open(out.path, make_fingerprint("bfloat16")), "u", [300, 7], rng, out)
+    reader = open_cache(out.path)
+    wide = next(iter(reader.tokens(hooks=["resid_post"], layers=[1], batch_size=307, shuffle=False)))
+    bits = next(iter(reader.tokens(hooks=["resid_post"], layers=[1], batch_size=307, shuffle=False,
+                                   dtype="bfloat16")))
+    assert bits["resid_post.1"].dtype == torch.bfloat16
+    stored = np.concatenate([out.values[("resid_post", 1, k)] for k in ("u-doc0", "u-doc1")])
+    np.testing.assert_array_equal(bits["resid_post.1"].view(torch.int16).numpy(), stored.view(np.int16))
+    np.testing.assert_array_equal(wide["resid_post.1"].numpy(), bits["resid_post.1"].float().numpy())
+
+
+def test_a_missing_chunk_stops_the_read(cache: WrittenCache, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "damaged"
+    shutil.copytree(cache.path, path)
+    victim = sorted(path.glob("segments/*/attn_z/layer_3/c/3/0"))[0]
+    victim.unlink()
+    with pytest.raises(CorruptCacheError, match=r"missing.*documents unit-"):
+        list(open_cache(path).tokens(shuffle=False, **SMALL))
+
+
+def test_stats_command_matches_numpy_over_the_whole_cache(cache: WrittenCache, tmp_path: Path) -> None:
+    import json
+
+    from actcache.actcache_cli import main
+    from actcache.storage.activation_stats import QUANTILES, activation_stats
+
+    out = tmp_path / "stats.json"
+    assert main(["stats", str(cache.path), "--hooks", "attn_z", "--layers", "1,3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    expected = _expected(cache)
+    assert sorted(result["arrays"]) == ["attn_z.1", "attn_z.3"] and result["tokens"] == 2401
+    for key, entry in result["arrays"].items():
+        rows = expected[key].astype(np.float64)
+        np.testing.assert_allclose(entry["mean"], rows.mean(axis=0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(entry["std"], rows.std(axis=0), rtol=1e-10)
+        norms = np.linalg.norm(rows, axis=1)
+        np.testing.assert_allclose(list(entry["norm_quantiles"].values()), np.quantile(norms, QUANTILES), rtol=1e-10)
+    sampled = activation_stats(open_cache(cache.path), ("resid_post",), (3,), sample=1000)["arrays"]["resid_post.3"]
+    assert sampled["tokens"] == 2401  # the moments still use every token
+    median = np.quantile(np.linalg.norm(expected["resid_post.3"], axis=1), 0.5)
+    assert abs(sampled["norm_quantiles"]["0.5"] - median) < 0.1 * median
