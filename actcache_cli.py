@@ -23,9 +23,9 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         help_text = action.help or ""
         default = action.default
         if not action.option_strings or any(default is v for v in (None, False, argparse.SUPPRESS)) \
-                or "%(default)" in help_text:
-            return help_text
-        shown = (",".join(map(str, default)) or "none") if isinstance(default, list | tuple) else str(default)
+                or default in ((), []) or "%(default)" in help_text:
+            return help_text  # nothing to show: an option without a value (its help may say what happens then)
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
         return f"{help_text} (default: {shown.replace('%', '%%')})"  # help strings are %-formatted by argparse
 
     def _split_lines(self, text: str, width: int) -> list[str]:

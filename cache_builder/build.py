@@ -18,6 +18,7 @@ from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocReco
 from actcache.storage.annotations import relabel
 from actcache.storage.devices import resolve_device
 from actcache.storage.fingerprint import digest
+from actcache.storage.hook_points import check_layer_kinds, hook_widths
 from actcache.storage.selection import select_layers
 from tqdm import tqdm
 
@@ -26,9 +27,10 @@ from .corpus import load_corpus
 from .model_source import (
     ResolvedModel,
     head_shape,
-    hook_widths,
+    is_moe_layer,
     load_model,
     load_tokenizer,
+    model_dims,
     model_fingerprint,
     num_layers,
     resolve_model,
@@ -107,14 +109,15 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
     corpus = load_corpus(settings.corpus)
     tok_fp = tokenizer_fingerprint(tokenizer)
     capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side)
-    widths = hook_widths(config)
+    widths = hook_widths(hooks, model_dims(config))
+    check_layer_kinds(hooks, layers, lambda layer: is_moe_layer(config, layer))
     n_heads, head_dim = head_shape(config)
     fingerprint = CacheFingerprint(
         model=model_fp,
         tokenizer=tok_fp,
         dtype=settings.dtype,
         capture=capture,
-        widths={h: widths[h] for h in hooks},
+        widths=widths,
         hook_attrs={"attn_z": {"n_heads": n_heads, "head_dim": head_dim}} if "attn_z" in hooks else {},
     )
     docs = tokenize_documents(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from actcache.storage.devices import DEVICE_HELP
+from actcache.storage.hook_points import HOOKS_HELP
 
 from .settings import BuildSettings
 
@@ -21,7 +22,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="story-layout folder, .jsonl file, folder of .txt files, or demo (the bundled corpus)")
     parser.add_argument("--out", required=True, help="cache folder (created, resumed or appended to)")
     parser.add_argument("--layers", default="all", help="decoder layers to capture: e.g. 8,15, -1 (the last) or all")
-    parser.add_argument("--hooks", default=",".join(defaults.hooks), help="resid_post, attn_z (comma-separated)")
+    parser.add_argument("--hooks", default=",".join(defaults.hooks), help=HOOKS_HELP)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="documents per forward pass")
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help="tokens kept per document; longer documents are truncated and reported")

@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actcache.cache_builder.model_registry import ModelSpec, load_model_spec
 from actcache.cache_builder.model_source import SPEC_STAMP, ModelError, spec_digest
 from actcache.cache_builder.tokenizer_training import train_tokenizer
+from actcache.storage.atomic_dir import atomic_dir
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -37,18 +35,12 @@ def make_model(name: str, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelError(f"{out_dir} already exists and is not empty: delete it or choose another directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite=out_dir.exists()) as tmp:  # replaces an empty out_dir
         model, tokenizer, source = _build_tiny(spec) if spec.kind == "tiny" else _convert_gguf(spec)
         _save(model, tokenizer, tmp)
         stamp = {"name": spec.name, "kind": spec.kind, "spec_digest": spec_digest(spec), "source": source}
         (tmp / SPEC_STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
         tmp.chmod(0o755)
-        os.rename(tmp, out_dir)  # atomic; replaces an empty out_dir
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -32,7 +32,8 @@ __all__ = [
     "DTYPES",
     "actcache_home",
     "head_shape",
-    "hook_widths",
+    "is_moe_layer",
+    "model_dims",
     "load_model",
     "load_tokenizer",
     "model_fingerprint",
@@ -273,7 +274,19 @@ def head_shape(config: PretrainedConfig | Mapping[str, Any]) -> tuple[int, int]:
     return n_heads, int(head_dim)
 
 
-def hook_widths(config: PretrainedConfig | Mapping[str, Any]) -> dict[str, int]:
-    """Row width of each hook: `resid_post` = hidden_size, `attn_z` (o_proj input) = n_heads * head_dim."""
+def model_dims(config: PretrainedConfig | Mapping[str, Any]) -> dict[str, int]:
+    """The sizes hook widths are made of (storage.hook_points.MODEL_DIMS): hidden_size, n_heads * head_dim, the
+    dense MLP's intermediate_size and the routed experts per token (0 without experts)."""
     n_heads, head_dim = head_shape(config)
-    return {"resid_post": int(_config_get(config, "hidden_size")), "attn_z": n_heads * head_dim}
+    experts = _config_get(config, "num_experts") or _config_get(config, "num_local_experts") or 0
+    return {"d_model": int(_config_get(config, "hidden_size")), "head_feature": n_heads * head_dim,
+            "d_ff": int(_config_get(config, "intermediate_size") or 0),
+            "top_k": int(_config_get(config, "num_experts_per_tok") or 0) if experts else 0}
+
+
+def is_moe_layer(config: PretrainedConfig | Mapping[str, Any], layer: int) -> bool:
+    """Whether decoder layer `layer` has routed experts (Qwen-MoE's decoder_sparse_step / mlp_only_layers rule;
+    every layer of Mixtral-style models, which have neither)."""
+    experts = _config_get(config, "num_experts") or _config_get(config, "num_local_experts") or 0
+    step = int(_config_get(config, "decoder_sparse_step") or 1)
+    return bool(experts) and layer not in (_config_get(config, "mlp_only_layers") or ()) and (layer + 1) % step == 0

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from actcache.storage.hook_points import HOOKS_HELP
+
 if TYPE_CHECKING:
     from actcache.cluster.planner import ClusterSpec
 
@@ -59,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-node", type=int)
     p.add_argument("--gpu-mem-gib", type=float, help="memory of one GPU in GiB, e.g. 80")
     p.add_argument("--layers", type=_int_list, required=True, help="decoder layers to capture, e.g. 23,46,69")
-    p.add_argument("--hooks", type=_names, default=("resid_post",), help="e.g. resid_post,attn_z")
+    p.add_argument("--hooks", type=_names, default=("resid_post",), help=HOOKS_HELP)
     p.add_argument("--tokens", type=_count, help="corpus size in tokens, e.g. 1e9 (for the store size)")
     p.add_argument("--tokens-per-s", type=float, help="target throughput of the whole cluster (for bandwidth)")
     p.add_argument("--stages", type=int, help="pipeline stages (GPUs per replica); default: all GPUs")

@@ -16,7 +16,7 @@ from actcache.cluster._plan_error import PlanError
 from actcache.cluster.partition import partition_layers
 from actcache.cluster.plan_report import format_plan, layer_span
 from actcache.cluster.stage_memory import HEADROOM_FRACTION, WorkingMemory, stage_working_memory
-from actcache.cluster.volume import compression_ratio, hook_width
+from actcache.cluster.volume import compression_ratio, hook_bytes
 from actcache.cluster.weight_bytes import (
     ModelShape,
     WeightFormat,
@@ -27,6 +27,8 @@ from actcache.cluster.weight_bytes import (
     parameter_count,
     tensors_bytes,
 )
+from actcache.storage.errors import InputError
+from actcache.storage.hook_points import check_layer_kinds, expand_hooks
 
 __all__ = [
     "CaptureRequest",
@@ -213,8 +215,8 @@ def plan_build(spec: ModelSpec, cluster: ClusterSpec, capture: CaptureRequest) -
     if over:
         raise PlanError(_refusal(over[0], shape, fmt, cluster, capture))
     act_bytes = dtype_bytes(spec.dtype)
-    cap_bytes = dtype_bytes(capture.capture_dtype or spec.dtype)
-    by_hook = {h: len(capture.layers) * hook_width(h, shape) * cap_bytes for h in capture.hooks}
+    cap_dtype = capture.capture_dtype or spec.dtype
+    by_hook = {h: len(capture.layers) * hook_bytes(h, shape, cap_dtype) for h in capture.hooks}
     return Plan(
         model_name=spec.name,
         hf_id=spec.hf_id,
@@ -243,17 +245,22 @@ def _checked_capture(capture: CaptureRequest, shape: ModelShape, spec: ModelSpec
         raise PlanError(f"layer(s) {bad} out of range: {spec.name} has layers 0..{shape.num_layers - 1}")
     if not capture.hooks:
         raise PlanError("no hooks to capture: give --hooks, e.g. --hooks resid_post,attn_z")
-    for hook in capture.hooks:
-        hook_width(hook, shape)
+    try:
+        hooks = expand_hooks(capture.hooks)  # `router` -> router_experts, router_weights
+        check_layer_kinds(hooks, capture.layers, shape.is_moe_layer)
+    except InputError as error:
+        raise PlanError(str(error)) from None
+    dtype = capture.capture_dtype or spec.dtype
+    dtype_bytes(dtype)
+    for hook in hooks:
+        hook_bytes(hook, shape, dtype)
     if capture.micro_batch_tokens < 1:
         raise PlanError(f"--micro-batch-tokens must be at least 1, not {capture.micro_batch_tokens}")
     if (capture.tokens is not None and capture.tokens < 0) or (capture.tokens_per_s or 0) < 0:
         raise PlanError("--tokens and --tokens-per-s must not be negative")
-    dtype = capture.capture_dtype or spec.dtype
-    dtype_bytes(dtype)
     return CaptureRequest(
         layers=tuple(sorted(set(capture.layers))),
-        hooks=tuple(dict.fromkeys(capture.hooks)),
+        hooks=hooks,
         tokens=capture.tokens,
         tokens_per_s=capture.tokens_per_s,
         micro_batch_tokens=capture.micro_batch_tokens,
@@ -299,13 +306,13 @@ def _stages(
     n_load = max(capture.layers) + 1
     layer_bytes = [tensors_bytes(layer_tensors(shape, i), fmt) for i in range(n_load)]
     embed_bytes = tensors_bytes(embedding_tensors(shape), fmt)
-    cap_bytes = dtype_bytes(capture.capture_dtype or fmt.dtype)
+    cap_dtype = capture.capture_dtype or fmt.dtype
     act_bytes = dtype_bytes(fmt.dtype)
     headroom = int(cluster.headroom_fraction * cluster.gpu_bytes)
     stages = []
     for index, layers in enumerate(partition_layers(layer_bytes, n_stages, embed_bytes)):
         captures = tuple((h, layer) for layer in capture.layers if layer in layers for h in capture.hooks)
-        per_token = sum(hook_width(h, shape) for h, _ in captures) * cap_bytes
+        per_token = sum(hook_bytes(h, shape, cap_dtype) for h, _ in captures)
         working = stage_working_memory(shape, layers, act_bytes=act_bytes,
                                        micro_batch_tokens=capture.micro_batch_tokens,
                                        capture_bytes_per_token=per_token)

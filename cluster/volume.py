@@ -1,36 +1,51 @@
 """Bytes a capture produces: per token, for a corpus, per second.
 
 Values are stored losslessly in the capture dtype, so a token costs the sum of its captured widths times the dtype
-size. Lossless zstd on the raw bits buys little (mantissa bits are close to random); the ratios below are the ones
-measured on our caches and are the only compression the plan assumes.
+size. Lossless zstd on the raw bits buys little (mantissa bits are close to random); the ratios below are the only
+compression the plan assumes, and each is the one tests/bench/bench_build.py measures on SmolLM2 (the README's
+Performance table prints them; tests/cluster/test_planner.py checks the two agree).
 """
 
 from __future__ import annotations
 
 from actcache.cluster._plan_error import PlanError
 from actcache.cluster.weight_bytes import ModelShape, dtype_bytes
-from actcache.storage.layout import HOOKS
+from actcache.storage.dtypes import storage_dtype
+from actcache.storage.errors import InputError
+from actcache.storage.hook_points import HOOK_POINTS, HOOKS, array_dtype, hook_widths
 
 __all__ = [
     "HOOKS",
     "ZSTD_RATIO_BF16",
     "ZSTD_RATIO_FLOAT32",
     "compression_ratio",
+    "hook_bytes",
     "hook_width",
 ]
 
-ZSTD_RATIO_BF16 = 1.45  # measured, lossless zstd on bfloat16 bits (stored as uint16)
-ZSTD_RATIO_FLOAT32 = 1.25  # measured, lossless zstd on float32
+ZSTD_RATIO_BF16 = 1.45  # bench_build.py: byte shuffle + zstd-1 on bfloat16 bits (stored as uint16)
+ZSTD_RATIO_FLOAT32 = 1.18  # bench_build.py: byte shuffle + zstd-1 on float32
 _RATIOS = {"bfloat16": ZSTD_RATIO_BF16, "float32": ZSTD_RATIO_FLOAT32}
 
 
 def hook_width(hook: str, shape: ModelShape) -> int:
-    """Values per token one (hook, layer) stores: resid_post = hidden_size, attn_z = heads x head_dim."""
-    if hook == "resid_post":
-        return shape.hidden_size
-    if hook == "attn_z":
-        return shape.num_heads * shape.head_dim
-    raise PlanError(f"unknown hook {hook!r}: use one of {', '.join(HOOKS)}")
+    """Values per token one (hook, layer) stores: the model dimension its feature axis spans (hidden_size,
+    heads x head_dim, the dense intermediate_size, or experts per token; storage/hook_points.py)."""
+    if hook not in HOOK_POINTS:
+        raise PlanError(f"unknown hook {hook!r}: use one of {', '.join(HOOKS)}")
+    dims = {"d_model": shape.hidden_size, "head_feature": shape.num_heads * shape.head_dim,
+            "d_ff": shape.intermediate_size, "top_k": shape.experts_per_token}
+    try:
+        return hook_widths([hook], dims)[hook]
+    except InputError as error:
+        raise PlanError(str(error)) from None
+
+
+def hook_bytes(hook: str, shape: ModelShape, capture_dtype: str) -> int:
+    """Bytes per token of one (hook, layer): its width times its stored item size (router expert ids: int16)."""
+    dtype = array_dtype(hook, capture_dtype)
+    size = dtype_bytes(dtype) if dtype == capture_dtype else storage_dtype(dtype).itemsize
+    return hook_width(hook, shape) * size
 
 
 def compression_ratio(capture_dtype: str) -> float:

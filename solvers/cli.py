@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from actcache.solvers.analyses.commands import register_analyses
 from actcache.solvers.defaults import SOLVE_METHODS, SWEEP_METHODS, SWEEP_POOLINGS
 from actcache.storage.devices import DEVICE_HELP
 
-__all__ = ["register", "run_score", "run_solve", "run_sweep"]
+__all__ = ["parse_where", "register", "run_score", "run_solve", "run_sweep"]
 
 _METHODS_HELP = ("comma list of caa, subspace, heads, ridge, quality and the aggregators mean, pca, logistic, "
                  "logistic_l1, linear, pca_diff, pca_center; or all")
@@ -77,6 +78,7 @@ def register(subparsers: Any) -> None:
     score.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                        help="only documents with this label value (repeat for more fields, or for several values)")
     score.set_defaults(func=run_score)
+    register_analyses(subparsers)  # probe, neighbors, geometry, logit-lens
 
 
 def _labels(args: argparse.Namespace) -> Any:
@@ -113,7 +115,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(pairs: list[str]) -> dict[str, list[str]] | None:
+def parse_where(pairs: list[str]) -> dict[str, list[str]] | None:
     """--where FIELD=VALUE (repeated) -> {field: [values]}; a field given twice matches either value."""
     from actcache.solvers.errors import SolverInputError
 
@@ -130,6 +132,6 @@ def run_score(args: argparse.Namespace) -> int:
     from actcache.solvers.score import score_cache
 
     result = score_cache(args.cache, args.readout, args.out, method=args.method, layers=args.layers,
-                         pooling=args.pooling, where=_where(args.where))
+                         pooling=args.pooling, where=parse_where(args.where))
     print(result.summary())
     return 0

@@ -36,6 +36,7 @@ from actcache.solvers.readout import Readout, write_readout
 from actcache.solvers.report import outlier_texts, triage_report
 from actcache.solvers.ridge import ridge_reconstruction
 from actcache.solvers.run_setup import LayerVariants, RunPlan, RunSettings, open_run, plan_run, run_layers
+from actcache.storage.layout import HOOKS
 from torch import Tensor
 
 __all__ = ["CORE_METHODS", "SolveSettings", "SolveResult", "resolve_methods", "solve_cache", "triage_summary"]
@@ -109,7 +110,7 @@ def triage_summary(quality: dict[str, Any], samples: int = 5) -> str:
 
 
 def resolve_methods(methods: Sequence[str], readout: str, aggregators: Sequence[str], labels: LabelSets,
-                    hooks: Sequence[str] = ("resid_post", "attn_z")) -> tuple[tuple[str, ...], list[str]]:
+                    hooks: Sequence[str] = HOOKS) -> tuple[tuple[str, ...], list[str]]:
     """Expand `all`, add --aggregator and --readout methods, refuse unknown names; returns the methods and
     notes. `heads` needs attn_z: chosen by name on a cache without it, it is an error; in the default
     methods or `all`, it is skipped with a note."""

@@ -112,7 +112,9 @@ def check_pooling_lengths(docs: Sequence, labels: LabelSets, poolings: Sequence[
                 )
 
 
-OUTPUT_MARKERS = ("readout.json", "comparison.json")  # what a solve / a sweep output folder holds
+# what a solve, a sweep, a probe, a neighbors, a geometry or a logit-lens output folder holds
+OUTPUT_MARKERS = ("readout.json", "comparison.json", "metrics.json", "neighbors.json", "geometry.json",
+                  "logit_lens.json")
 
 
 def check_output(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -126,7 +128,8 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Pa
     earlier = out.is_dir() and (not any(out.iterdir()) or any((out / m).is_file() for m in OUTPUT_MARKERS))
     if not earlier:
         raise SolverInputError(
-            f"output path {out} is not an earlier solve or sweep output (no {' or '.join(OUTPUT_MARKERS)}): "
+            f"output path {out} is not an earlier solve or sweep output, nor an analysis's "
+            f"(no {' or '.join(OUTPUT_MARKERS)}): "
             f"--overwrite only replaces those; choose a new path"
         )
     return out

@@ -152,7 +152,7 @@ def describe_fields(docs: Sequence[DocumentLike], limit: int = 3, fields: int = 
     return "; ".join(shown) + (f"; and {len(by_field) - fields} more fields" if len(by_field) > fields else "")
 
 
-def _splits(
+def split_masks(
     docs: Sequence[DocumentLike], split_field: str | None, train_value: str, test_value: str
 ) -> tuple[list[bool], list[bool]]:
     """(is_train, is_test) per document; without a split field every document trains."""
@@ -248,7 +248,7 @@ def story_labels(
             f"layout, or name a label field with --label-field FIELD --positive VALUE (fields present: "
             f"{describe_fields(docs)})"
         )
-    train, test = _splits(docs, split_field, train_value, test_value)
+    train, test = split_masks(docs, split_field, train_value, test_value)
     fit = [lab and t for lab, t in zip(labelled, train, strict=True)]
     held = [lab and t for lab, t in zip(labelled, test, strict=True)]
     solved, skipped = _count_and_filter(concept_sets, fit, min_positives, concepts, "concept")
@@ -306,7 +306,7 @@ def field_labels(
             f"no document has the label field {label_field!r}; fields present: {describe_fields(docs)}; "
             f"pass one of them with --label-field"
         )
-    train, test = _splits(docs, split_field, train_value, test_value)
+    train, test = split_masks(docs, split_field, train_value, test_value)
     labelled = [bool(v) for v in values]
     fit = [lab and t for lab, t in zip(labelled, train, strict=True)]
     held = [lab and t for lab, t in zip(labelled, test, strict=True)]

@@ -1,7 +1,7 @@
 """One layer of a solve or sweep: read the (hook, layer) stream once, then compute every requested vector.
 
-Shared by `solvers.job` (one pooling, the quality report) and `solvers.sweep` (many poolings and methods,
-compared). The per-(concept, layer) pieces (subspace eigenpairs, aggregator fits) go through an executor,
+Driven by `solvers.run_setup.run_layers`, the one path of `solve` (one pooling, plus the quality report) and
+`sweep` (many poolings and methods, compared). The per-(concept, layer) pieces (subspace eigenpairs, aggregator fits) go through an executor,
 so they run in process or as Ray tasks alike.
 """
 

@@ -84,6 +84,16 @@ class LayerWeights:
             return WeightLookup(None, f"no tensor layers.{layer}.{suffix} in the model's weight files")
         return WeightLookup(self._read(name))
 
+    def tensor(self, suffix: str) -> WeightLookup:
+        """Any other tensor by the end of its name, e.g. `model.norm.weight` or `lm_head.weight` (the logit lens)."""
+        names, reason = self._files
+        if reason is not None:
+            return WeightLookup(None, reason)
+        name = self._find(suffix)
+        if name is None:
+            return WeightLookup(None, f"no tensor {suffix} in the model's weight files")
+        return WeightLookup(self._read(name))
+
     def o_proj(self, layer: int) -> WeightLookup:
         """W_O of `layer`, (d_model, n_heads * head_dim)."""
         return self._lookup(layer, "self_attn.o_proj.weight", "W_O")

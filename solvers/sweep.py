@@ -1,9 +1,10 @@
 """`actcache sweep`: a grid of variants (poolings x vector methods x layers) from one read of each stream.
 
-Every (hook, layer) stream is read once and feeds every pooling's accumulators; the subspace eigenpairs
-are computed once per (concept, layer) and oriented per pooling. One readout directory per variant, plus
-`comparison.json` / `comparison.md`: cosine between variants and, when the cache has a test split, each
-variant's held-out AUROC and balanced accuracy.
+Every (hook, layer) stream is read once and feeds every pooling's accumulators (solvers/run_setup.py, the
+setup path `solve` shares); the subspace eigenpairs are computed once per (concept, layer) and oriented per
+pooling. One readout directory per variant (`variants/<method>__pool-<pooling>`), plus `comparison.json` /
+`comparison.md` (held-out AUROC and balanced accuracy when the cache has a test split, then the cosine between
+variants: the matrix up to 8 variants, else each variant's nearest ones) and `cosine.csv` (the full matrix).
 """
 
 from __future__ import annotations

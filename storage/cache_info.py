@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .disk_usage import disk_usage
 from .dtypes import storage_dtype
 from .fingerprint import canonical_json, digest
+from .hook_points import array_dtype
 
 if TYPE_CHECKING:
     from .reader import CacheReader
@@ -27,9 +28,9 @@ MOST_COMMON = 3  # values shown per label field
 def cache_info(reader: CacheReader) -> dict[str, Any]:
     """The JSON of `actcache info --json` (storage/cli.py formats it as text)."""
     fp, records = reader.fingerprint, reader.commit_records()
-    widths = sum(fp.widths[h] for h in fp.capture.hooks) * len(fp.capture.layers)
+    row_bytes = sum(fp.widths[h] * storage_dtype(array_dtype(h, fp.dtype)).itemsize for h in fp.capture.hooks)
     committed = {r.segment for r in records}
-    raw = sum(sum(d.n_tokens for d in r.documents) for r in records) * widths * storage_dtype(fp.dtype).itemsize
+    raw = sum(sum(d.n_tokens for d in r.documents) for r in records) * row_bytes * len(fp.capture.layers)
     usage = disk_usage(reader.path, committed)
     source = reader.model_source or {}
     documents = reader.documents()

@@ -111,6 +111,8 @@ def run_gc(args: argparse.Namespace) -> int:
           + (f": {', '.join(report.segments)}" if report.segments else ""))
     if report.temp_files:
         print(f"{verb} {len(report.temp_files)} temp file(s) of killed writers: {', '.join(report.temp_files)}")
+    if report.claims:
+        print(f"{verb} {len(report.claims)} expired claim(s) of segments never created: {', '.join(report.claims)}")
     for segment, reason in report.kept.items():
         print(f"kept {segment}: {reason}")
     return 0

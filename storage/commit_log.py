@@ -14,11 +14,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from .atomic_dir import TEMP_MARK
 from .durable import fsync_dir
 
-__all__ = ["CommitLog", "LocalCommitLog", "TEMP_PREFIX"]
-
-TEMP_PREFIX = ".tmp-"  # records being written: invisible to readers, removed by `gc` when their writer died
+__all__ = ["CommitLog", "LocalCommitLog"]
 
 
 class CommitLog(ABC):
@@ -76,7 +75,7 @@ class LocalCommitLog(CommitLog):
         fsync_dir(self.folder)
 
     def take(self, name: str) -> dict[str, Any] | None:
-        aside = self.folder / f"{TEMP_PREFIX}taken-{uuid.uuid4().hex}.json"
+        aside = self.folder / f"{TEMP_MARK}taken-{uuid.uuid4().hex}.json"
         try:
             os.rename(self.folder / name, aside)  # atomic: of two takers, one gets the record, the other ENOENT
         except FileNotFoundError:
@@ -90,7 +89,7 @@ class LocalCommitLog(CommitLog):
     def _write_temp(self, record: dict[str, Any]) -> str:
         """The record in a fsynced temp file of the folder (hidden: `names()` skips it, `gc` removes a stale one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TEMP_PREFIX, suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TEMP_MARK, suffix=".json")
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(record, handle, sort_keys=True)

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic_dir import TEMP_MARK
 from .claims import LEASE_SECONDS, ClaimBoard, segment_subject
-from .commit_log import TEMP_PREFIX, LocalCommitLog
+from .commit_log import LocalCommitLog
 from .index import CommitIndex
 from .layout import CLAIMS, COMMITS, SEGMENTS, commit_name
 from .root import open_root
@@ -32,6 +33,7 @@ class GarbageReport:
 
     segments: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)  # paths relative to the cache
+    claims: list[str] = field(default_factory=list)  # expired claims on segments that no longer exist
     kept: dict[str, str] = field(default_factory=dict)  # uncommitted segment -> why it was kept
 
 
@@ -63,10 +65,20 @@ def collect_garbage(path: str | Path, older_than_s: float = 3600.0, dry_run: boo
         report.segments.append(folder.name)
         if not dry_run:
             shutil.rmtree(folder)
+    for claim in board.claims():  # a writer killed between claiming and creating its segment
+        segment_id = claim.subject.removeprefix("segment/")
+        if claim.subject == segment_subject(segment_id) and claim.expired(now) and not (segments / segment_id).exists():
+            report.claims.append(claim.subject)
+            if not dry_run:
+                board.break_expired(claim.subject, now)
     for temp in _stale_temp_files(path, now - temp_age_s):
         report.temp_files.append(str(temp.relative_to(path)))
-        if not dry_run:
-            shutil.rmtree(temp) if temp.is_dir() else temp.unlink(missing_ok=True)
+        if dry_run:
+            continue
+        if temp.is_dir():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
     return report
 
 
@@ -103,9 +115,9 @@ def _stale_temp_files(path: Path, cutoff: float) -> list[Path]:
         if Path(folder) == path:
             dirs[:] = [d for d in dirs if d != SEGMENTS]  # a segment's temp files go with the segment
         for name in [*files, *dirs]:
-            if TEMP_PREFIX in name or name.endswith(ZARR_TEMP_SUFFIX):  # also `.<out>.tmp-<pid>` folders
+            if TEMP_MARK in name or name.endswith(ZARR_TEMP_SUFFIX):  # `.tmp-*` records, `.<name>.tmp-<pid>` folders
                 entry = Path(folder) / name
                 if entry.lstat().st_mtime < cutoff:
                     stale.append(entry)
-        dirs[:] = [d for d in dirs if TEMP_PREFIX not in d]
+        dirs[:] = [d for d in dirs if TEMP_MARK not in d]
     return sorted(stale)

@@ -16,6 +16,7 @@ from .annotations import AnnotationLog
 from .commit_log import LocalCommitLog
 from .dtypes import to_torch, widen_to_float32
 from .errors import CacheError, CorruptCacheError, NonFiniteError
+from .hook_points import array_dtype, is_integer_hook
 from .index import CommitIndex, CommitRecord, DocLocation
 from .layout import CHUNK_DIR, COMMITS, TOKEN_IDS, activation_name, parse_activation_name, segment_path
 from .root import open_root
@@ -137,18 +138,19 @@ class CacheReader:
 
     def activations(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None, *,
                     check_finite: bool = False) -> np.ndarray:
-        """[n_tokens, width] float32 (bf16 and fp16 caches widen exactly); `span` picks token positions [a, b).
+        """[n_tokens, width] float32 (bf16 and fp16 caches widen exactly; `router_experts` ids stay int16); `span`
+        picks token positions [a, b).
 
         `check_finite` refuses NaN/inf rows (NonFiniteError) instead of returning them: analyses set it.
         """
-        rows = widen_to_float32(self._stored(hook, layer, key, span), self.dtype)
+        rows = self._values(hook, self._stored(hook, layer, key, span))
         if check_finite and not np.isfinite(rows).all():
             raise self._non_finite(hook, layer, [key])
         return rows
 
     def tensor(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None) -> torch.Tensor:
         """The same rows as a torch tensor in the cache's own dtype (e.g. torch.bfloat16, bit-exact)."""
-        return to_torch(self._stored(hook, layer, key, span), self.dtype)
+        return to_torch(self._stored(hook, layer, key, span), array_dtype(hook, self.dtype))
 
     def iter_activations(self, hook: str, layer: int, keys: Iterable[str] | None = None, *,
                          block_bytes: int = STREAM_BLOCK_BYTES, check_finite: bool = False,
@@ -173,10 +175,10 @@ class CacheReader:
             stream = self._stream_segment(self._array(segment, name), locs, block_bytes)
             for loc, rows in stream:
                 self._require_chunks(segment, name, loc.start, loc.stop)
-                out = widen_to_float32(rows, self.dtype)
+                out = self._values(hook, rows)
                 if check_finite and not np.isfinite(out).all():  # name every such document of this unit
                     bad = [loc.record.key] + [other.record.key for other, more in stream
-                                              if not np.isfinite(widen_to_float32(more, self.dtype)).all()]
+                                              if not np.isfinite(self._values(hook, more)).all()]
                     raise self._non_finite(hook, layer, bad)
                 yield self.document(loc.record.key), out
 
@@ -252,7 +254,7 @@ class CacheReader:
         `documents()`), every selected token once per epoch, all hooks/layers of a token in the same row.
 
         `shuffle`: units of whole chunks in a seeded global permutation, then rows mixed within windows of
-        `buffer_tokens` (memory is about two windows; larger mixes better). The order is the same for any
+        `buffer_tokens` (memory is about three windows; larger mixes better). The order is the same for any
         number of DataLoader workers or decoding `threads` (default: the cores, split among the workers; a
         shuffled read is served by worker 0 alone, since every batch of a window needs all of its units).
         `rank`/`world_size` give each rank the same number of batches (at most world_size - 1 dropped, none
@@ -263,7 +265,10 @@ class CacheReader:
         from .token_loader import TokenDataset
         from .token_plan import LoaderSettings, parse_positions
 
-        hooks = tuple(hooks) if hooks is not None else self.hooks
+        hooks = tuple(hooks) if hooks is not None else tuple(h for h in self.hooks if not is_integer_hook(h))
+        integer = [h for h in hooks if is_integer_hook(h)]
+        if integer:
+            raise CacheError(f"hook(s) {integer} hold integer ids, not activations: read them with activations()")
         layers = tuple(layers) if layers is not None else self.layers
         for hook in hooks:
             for layer in layers:
@@ -373,6 +378,10 @@ class CacheReader:
             cached = zarr.open_array(self._group.store, path=f"{segment_path(segment)}/{name}", mode="r")
             self._arrays[(segment, name)] = cached
         return cached
+
+    def _values(self, hook: str, stored: np.ndarray) -> np.ndarray:
+        """Stored rows as values: float32 (widened exactly), or the integer ids of an integer hook as stored."""
+        return stored if is_integer_hook(hook) else widen_to_float32(stored, self.dtype)
 
     def _stored(self, hook: str, layer: int, key: str, span: tuple[int, int] | None) -> np.ndarray:
         self._check_hook_layer(hook, layer)

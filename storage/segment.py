@@ -18,7 +18,8 @@ import zarr
 from .chunk_codec import ChunkEncoder
 from .dtypes import to_storage
 from .errors import as_disk_full
-from .layout import segment_path
+from .hook_points import array_dtype
+from .layout import parse_activation_name, segment_path
 from .records import ArrayManifest
 from .root import child_array
 
@@ -28,8 +29,9 @@ __all__ = ["SegmentWriter"]
 class _ArrayStream:
     """Rows waiting for a whole chunk, and the next row to write."""
 
-    def __init__(self, array: zarr.Array, folder: Path) -> None:
+    def __init__(self, array: zarr.Array, folder: Path, dtype: str) -> None:
         self.array = array
+        self.dtype = dtype  # the values' true dtype (the cache's, or the hook's own, e.g. int16 expert ids)
         self.encoder = ChunkEncoder(array, folder)
         self.chunk_rows = int(array.chunks[0])
         self.pending: list[np.ndarray] = []
@@ -62,16 +64,17 @@ class SegmentWriter:
         folder = Path(cache_path) / segment_path(segment_id)
         self.segment_id = segment_id
         self.dtype = dtype
-        self._streams = {name: _ArrayStream(child_array(group, name), folder / name) for name in names}
+        self._streams = {name: _ArrayStream(child_array(group, name), folder / name,
+                                            array_dtype(parse_activation_name(name)[0], dtype)) for name in names}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []
         self._closed = False
 
     def append(self, name: str, rows: Any) -> None:
-        """Queue the next rows of array `name` (numpy, or a torch tensor in the cache dtype)."""
+        """Queue the next rows of array `name` (numpy, or a torch tensor in the array's dtype)."""
         stream = self._streams[name]
-        block = to_storage(rows, self.dtype)
+        block = to_storage(rows, stream.dtype)
         if block.ndim != 2 or block.shape[1] != stream.array.shape[1]:
             raise ValueError(f"{name}: expected rows of width {stream.array.shape[1]}, got shape {block.shape}")
         if stream.offset + stream.pending_rows + len(block) > stream.array.shape[0]:

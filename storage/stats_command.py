@@ -24,11 +24,13 @@ def register(subparsers: Any) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     from .activation_stats import activation_stats
+    from .hook_points import is_integer_hook
     from .reader import open_cache
     from .selection import model_layer_count, select_layers
 
     reader = open_cache(args.cache)
-    hooks = reader.hooks if args.hooks == "all" else tuple(h.strip() for h in args.hooks.split(",") if h.strip())
+    hooks = (tuple(h for h in reader.hooks if not is_integer_hook(h)) if args.hooks == "all"  # no router ids
+             else tuple(h.strip() for h in args.hooks.split(",") if h.strip()))
     layers, missing = select_layers(args.layers, reader.layers, model_layer_count(reader.fingerprint))
     if missing:
         raise CacheError(f"--layers {','.join(map(str, missing))}: not in {args.cache}, which holds layers "

@@ -3,15 +3,18 @@
 The order is pure arithmetic on a pinned list of committed units (token_plan.py): it depends on the seed, the
 epoch, the rank split and the batch and buffer sizes, never on how many threads or DataLoader workers read.
 Decoding runs on a thread pool (file reads, zstd and the byte unshuffle all release the GIL), one window ahead of
-the batches being served, so memory stays near two windows (`buffer_tokens` rows each) whatever the cache size.
+the batches being served; memory stays near three windows (`buffer_tokens` rows each: served, decoding, and
+one retired for reuse) whatever the cache size.
 DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see __iter__).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +39,7 @@ __all__ = ["TokenDataset", "STATE_VERSION"]
 
 STATE_VERSION = 1
 MAX_DEFAULT_THREADS = 8
+SPARE_WINDOWS = 2  # retired window buffers kept for reuse (see _WindowReader._buffers)
 Batch = dict[str, torch.Tensor]
 
 
@@ -134,7 +138,7 @@ class TokenDataset(IterableDataset[Batch]):
         plan = self.plan
         # a sequential read permutes nothing: workers taking turns decode only the units of their own batches
         slots = self.settings.window_slots if self.settings.shuffle or stride == 1 else 1
-        reader = _WindowReader(self, threads, slots)
+        reader = _WindowReader(self, threads, slots, shared)
         try:
             for step in range(start, len(self), stride):
                 epoch, slot = plan.slot_of(step)
@@ -142,7 +146,7 @@ class TokenDataset(IterableDataset[Batch]):
                 ahead = self._next_window(step, stride, slots)
                 if ahead is not None:
                     reader.prefetch(*ahead)
-                batch = window.batch(slot % slots, shared)
+                batch = window.batch(slot % slots)
                 self._step, self._stride = step + stride, stride
                 yield batch
         finally:
@@ -172,19 +176,29 @@ class TokenDataset(IterableDataset[Batch]):
         return out
 
 
+@dataclass(frozen=True)
+class _Buffers:
+    """A window's memory: one array per stream, then token_index; `tensors`: the same memory as torch shared
+    memory (DataLoader workers only)."""
+
+    arrays: list[np.ndarray]
+    tensors: list[torch.Tensor] | None
+
+
 class _Window:
     """One window's rows, filled by decoding tasks on the pool straight into their shuffled places, so that a
-    batch is a plain slice (a view: a batch kept alive keeps its window's memory alive)."""
+    batch is a plain slice (a view: a batch kept alive keeps its window's buffers from being reused)."""
 
-    def __init__(self, owner: TokenDataset, epoch: int, window: int, slots: int,
+    def __init__(self, owner: TokenDataset, epoch: int, window: int, slots: int, buffers: _Buffers,
                  order: tuple[np.ndarray, np.ndarray], fill: Callable[[_Window, Piece], None],
                  pool: ThreadPoolExecutor) -> None:
         plan = owner.plan
         s0, s1 = plan.window_rows(window, slots)
-        dtype = storage_dtype(owner._cache_dtype)
         self.owner = owner
-        self.rows = {key: np.empty((s1 - s0, owner._widths[key]), dtype) for key, _ in owner.settings.streams}
-        self.tokens = np.empty(s1 - s0, np.int64)
+        self.buffers = buffers  # whole-window size: this window uses a prefix of each
+        self.rows = {key: array[:s1 - s0] for (key, _), array in zip(owner.settings.streams, buffers.arrays,
+                                                                     strict=False)}
+        self.tokens = buffers.arrays[-1][:s1 - s0]
         permutation = plan.window_permutation(epoch, window)  # batch position -> window row (S order)
         self.place: np.ndarray | None = None  # window row -> batch position
         if permutation is not None:
@@ -193,17 +207,22 @@ class _Window:
         self._pending: list[Future[None]] = [pool.submit(fill, self, piece)
                                              for piece in plan.window_pieces(order[1], order[0], window, slots)]
 
-    def batch(self, local_slot: int, shared: bool) -> Batch:
-        """Batch `local_slot` of the window; `shared`: copied into shared memory (for a DataLoader worker)."""
+    def batch(self, local_slot: int) -> Batch:
+        """Batch `local_slot` of the window: views of its buffers (in shared memory for a DataLoader worker, so
+        that handing a batch to the main process copies nothing)."""
         for future in self._pending:
             future.result()  # re-raises a decoding error (missing chunk, bad checksum) in the reading thread
         self._pending = []
         size = self.owner.settings.batch_size
         lo, hi = local_slot * size, min((local_slot + 1) * size, len(self.tokens))
-        batch = self.owner.batch_tensors({key: values[lo:hi] for key, values in self.rows.items()},
-                                         self.tokens[lo:hi])
-        if shared:
-            return {key: torch.empty_like(t).share_memory_().copy_(t) for key, t in batch.items()}
+        if self.buffers.tensors is None:
+            return self.owner.batch_tensors({key: values[lo:hi] for key, values in self.rows.items()},
+                                            self.tokens[lo:hi])
+        *rows, tokens = self.buffers.tensors
+        widen = self.owner.settings.dtype == "float32"
+        batch = {key: t[lo:hi].float() if widen else t[lo:hi] for (key, _), t in zip(self.owner.settings.streams,
+                                                                                       rows, strict=False)}
+        batch["token_index"] = tokens[lo:hi]
         return batch
 
     def cancel(self) -> None:
@@ -214,23 +233,48 @@ class _Window:
 class _WindowReader:
     """The windows one reader holds (the current one and the next), the decoders and the decoding threads."""
 
-    def __init__(self, owner: TokenDataset, threads: int, slots: int) -> None:
+    def __init__(self, owner: TokenDataset, threads: int, slots: int, shared: bool) -> None:
         self.owner = owner
         self.slots = slots
+        self.shared = shared
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="actcache-tokens")
         self.store = zarr.storage.LocalStore(str(owner.path), read_only=True)
         self.decoders: dict[tuple[int, str], ChunkDecoder] = {}
         self.windows: dict[tuple[int, int], _Window] = {}
         self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.spare: list[_Buffers] = []  # buffers of retired windows
 
     def window(self, epoch: int, window: int) -> _Window:
-        """The window, decoded or decoding; older windows are dropped."""
+        """The window, decoded or decoding; older windows are retired."""
         key = (epoch, window)
         if key not in self.windows:
             self.prefetch(epoch, window)
         for old in [k for k in self.windows if k < key]:
-            self.windows.pop(old).cancel()
+            retired = self.windows.pop(old)
+            retired.cancel()
+            if retired.buffers.tensors is None:
+                self.spare = [retired.buffers, *self.spare][:SPARE_WINDOWS]
         return self.windows[key]
+
+    def _buffers(self) -> _Buffers:
+        """Buffers for a window: a retired window's once no batch views them any more, else fresh ones.
+
+        Fresh pages cost the kernel about as much time to zero as decoding takes to fill them (measured), so
+        buffers are reused; one that a batch the caller still holds views (its refcount says so) is left alone.
+        A DataLoader worker's buffers are torch shared memory, never reused: the main process holds their views.
+        """
+        for i, spare in enumerate(self.spare):
+            if all(sys.getrefcount(b) <= 3 for b in spare.arrays):  # the list, `b` and the argument
+                return self.spare.pop(i)
+        rows = self.slots * self.owner.settings.batch_size
+        shapes = [(rows, self.owner._widths[key]) for key, _ in self.owner.settings.streams]
+        stored = storage_dtype(self.owner._cache_dtype)
+        if not self.shared:
+            return _Buffers([np.empty(shape, stored) for shape in shapes] + [np.empty(rows, np.int64)], None)
+        dtype = to_torch(np.empty(0, stored), self.owner._cache_dtype).dtype
+        tensors = [_shared_empty(shape, dtype) for shape in shapes] + [_shared_empty((rows,), torch.int64)]
+        arrays = [(t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().view(stored) for t in tensors[:-1]]
+        return _Buffers([*arrays, tensors[-1].numpy()], tensors)
 
     def prefetch(self, epoch: int, window: int) -> None:
         if (epoch, window) in self.windows:
@@ -242,7 +286,8 @@ class _WindowReader:
         plan = self.owner.plan
         for piece in plan.window_pieces(order[1], order[0], window, self.slots):  # open arrays here, not on the pool
             self._decoders_of(int(plan.unit_segment[piece.unit]))
-        self.windows[(epoch, window)] = _Window(self.owner, epoch, window, self.slots, order, self._fill, self.pool)
+        self.windows[(epoch, window)] = _Window(self.owner, epoch, window, self.slots, self._buffers(), order,
+                                                self._fill, self.pool)
 
     def _decoders_of(self, segment: int) -> dict[str, ChunkDecoder]:
         record = self.owner.plan.records[segment]
@@ -293,6 +338,13 @@ class _WindowReader:
         for window in self.windows.values():
             window.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor allocated in shared memory (`share_memory_()` would allocate twice and copy)."""
+    nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+    strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))  # C order
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape, strides)
 
 
 def _documents_at(record: CommitRecord, start: int, stop: int) -> str:

@@ -11,10 +11,11 @@ of a token are decoded together). An epoch is:
 4. slots grouped into *windows* of `window_slots` consecutive slots; a shuffled read permutes the rows of each
    window with a generator seeded by (seed, epoch, window) and deals them to the window's slots in order.
 
-So a batch mixes rows of about `window_slots * batch_size / unit_rows` random units, and memory holds about two
-windows (the one being served, the next being decoded). Nothing depends on how many processes read. (A
-sequential read permutes nothing, so its readers may use other windows: DataLoader workers, which take every
-N-th batch, use one-slot windows so that each decodes only the units of its own batches.)
+So a batch mixes rows of about `window_slots * batch_size / unit_rows` random units, and memory holds about
+three windows (the one being served, the next being decoded, a retired one kept for reuse): a larger buffer mixes
+better and costs memory in proportion. Nothing depends on how many processes read. (A sequential read permutes
+nothing, so its readers may use other windows: DataLoader workers, which take every N-th batch, use one-slot
+windows so that each decodes only the units of its own batches.)
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class LoaderSettings:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
-    buffer_tokens: int = 1 << 15  # rows permuted together; memory is about two windows of this many rows
+    buffer_tokens: int = 1 << 15  # rows permuted together; memory is about three windows of this many rows
     positions: tuple[int, int | None] = (0, None)  # token positions [start, stop) kept in every document
     epochs: int = 1
     dtype: str = "float32"

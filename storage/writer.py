@@ -17,10 +17,11 @@ from zarr.codecs.numcodecs import Shuffle
 
 from .claims import LEASE_SECONDS, ClaimBoard, Lease, segment_subject
 from .commit_log import LocalCommitLog
-from .dtypes import storage_dtype
+from .dtypes import fill_value, storage_dtype
 from .durable import fsync_tree
 from .errors import CacheError, NotACacheError, as_disk_full
 from .fingerprint import CacheFingerprint
+from .hook_points import HOOK_POINTS, array_dtype
 from .index import CommitIndex, CommitRecord
 from .layout import (
     CLAIMS,
@@ -37,12 +38,9 @@ from .root import check_same_fingerprint, create_root, open_root
 from .segment import SegmentWriter
 from .texts import write_texts
 
-__all__ = ["CacheWriter", "FEATURE_DIMS", "ZSTD_LEVEL"]
+__all__ = ["CacheWriter", "ZSTD_LEVEL"]
 
 ZSTD_LEVEL = 1
-# names of each hook's feature dimension, for xarray; unknown hooks get "feature"
-FEATURE_DIMS = {"resid_post": "d_model", "attn_z": "head_feature"}
-_NAN_BITS = {"float32": float("nan"), "float16": float("nan"), "bfloat16": 0x7FC0}  # a missing chunk reads NaN
 
 
 def _compressors(shuffle_bytes: int | None = None) -> list[BytesBytesCodec]:
@@ -107,7 +105,7 @@ class CacheWriter:
     def array_specs(self) -> list[ArraySpec]:
         fp = self.fingerprint
         return [
-            ArraySpec(hook, layer, fp.widths[hook], FEATURE_DIMS.get(hook, "feature"), fp.hook_attrs.get(hook, {}))
+            ArraySpec(hook, layer, fp.widths[hook], HOOK_POINTS[hook].feature_dim, fp.hook_attrs.get(hook, {}))
             for hook in fp.capture.hooks
             for layer in fp.capture.layers
         ]
@@ -125,14 +123,15 @@ class CacheWriter:
         if texts is not None and len(texts) != len(docs):
             raise ValueError(f"unit {unit_id}: {len(texts)} texts for {len(docs)} documents")
         segment_id = f"{unit_id[:16]}-{uuid.uuid4().hex[:12]}"
-        self._lease.take(segment_subject(segment_id))  # before the folder exists: gc never sees it unclaimed
         try:
-            self._create_segment(segment_id, unit_id, docs, token_ids, n_tokens, texts)
-        except BaseException as error:
-            self.abandon(segment_id)
-            if isinstance(error, OSError):
-                raise (as_disk_full(error, f"segment {segment_id}") or error) from error
-            raise
+            self._lease.take(segment_subject(segment_id))  # before the folder exists: gc never sees it unclaimed
+            try:
+                self._create_segment(segment_id, unit_id, docs, token_ids, n_tokens, texts)
+            except BaseException:
+                self.abandon(segment_id)
+                raise
+        except OSError as error:
+            raise (as_disk_full(error, f"segment {segment_id}") or error) from error
         return segment_id
 
     def abandon(self, segment_id: str) -> None:
@@ -150,8 +149,8 @@ class CacheWriter:
         group.create_array(DOC_OFFSETS, data=offsets, compressors=_compressors(), dimension_names=["doc_edge"])
         if texts is not None:
             write_texts(group, texts, _compressors())
-        dtype = self.fingerprint.dtype
         for spec in self.array_specs():
+            dtype = array_dtype(spec.hook, self.fingerprint.dtype)
             rows = chunk_tokens_for(spec.width, storage_dtype(dtype).itemsize)
             group.create_array(
                 activation_name(spec.hook, spec.layer),
@@ -159,7 +158,7 @@ class CacheWriter:
                 chunks=(rows, spec.width),
                 dtype=storage_dtype(dtype),
                 compressors=_compressors(storage_dtype(dtype).itemsize),
-                fill_value=_NAN_BITS[dtype],
+                fill_value=fill_value(dtype),
                 dimension_names=["token", spec.feature_dim],
                 attributes={"hook": spec.hook, "layer": spec.layer, "actcache_dtype": dtype, **spec.attrs},
             )

@@ -12,12 +12,13 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .dtypes import widen_to_float32
 from .errors import CacheError
+from .hook_points import array_dtype, is_integer_hook
 from .index import DocLocation
 from .layout import activation_name
 
@@ -48,9 +49,11 @@ def _runs(locations: Sequence[DocLocation]) -> list[tuple[str, int, int]]:
     return runs
 
 
-def _rows_array(runs: list[tuple[str, int, int]], name: str, width: int, dtype: str,
-                read_rows: Callable[[str, str, int, int], np.ndarray]) -> Any:
-    """A lazily indexed [tokens, width] float32 array over `runs` of array `name` (built here: xarray is lazy)."""
+def _rows_array(runs: list[tuple[str, int, int]], name: str, width: int, dtype: np.dtype,
+                read_rows: Callable[[str, str, int, int], np.ndarray],
+                to_values: Callable[[np.ndarray], np.ndarray]) -> Any:
+    """A lazily indexed [tokens, width] array over `runs` of array `name`: stored rows become values (`dtype`) by
+    `to_values` (the class is built here, so that xarray is imported only when a Dataset is asked for)."""
     from xarray.backends import BackendArray
     from xarray.core import indexing
 
@@ -60,7 +63,7 @@ def _rows_array(runs: list[tuple[str, int, int]], name: str, width: int, dtype: 
         def __init__(self) -> None:
             self.starts = np.cumsum([0] + [stop - start for _, start, stop in runs])  # (n_runs + 1,)
             self.shape = (int(self.starts[-1]), width)
-            self.dtype = np.dtype(np.float32)
+            self.dtype = dtype
 
         def __getitem__(self, key: Any) -> np.ndarray:
             return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
@@ -70,7 +73,7 @@ def _rows_array(runs: list[tuple[str, int, int]], name: str, width: int, dtype: 
             wanted = range(self.shape[0])[row_key]
             rows = [wanted] if isinstance(wanted, int) else wanted
             if len(rows) == 0:
-                block = np.empty((0, width), np.float32)
+                block = np.empty((0, width), dtype)
             else:
                 lo, hi = min(rows), max(rows) + 1
                 block = self._rows(lo, hi)[np.asarray(rows) - lo]
@@ -86,7 +89,7 @@ def _rows_array(runs: list[tuple[str, int, int]], name: str, width: int, dtype: 
                 segment, start, _ = runs[r]
                 a, b = max(lo, self.starts[r]) - self.starts[r], min(hi, self.starts[r + 1]) - self.starts[r]
                 parts.append(read_rows(segment, name, start + a, start + b))
-            return widen_to_float32(np.concatenate(parts), dtype)
+            return to_values(np.concatenate(parts))
 
     return indexing.LazilyIndexedArray(DocumentRows())
 
@@ -114,10 +117,13 @@ def cache_dataset(reader: Any, hook: str, layers: Sequence[int] | None = None) -
     runs = _runs(locations)
     counts = np.asarray([loc.record.n_tokens for loc in locations], dtype=np.int64)  # (n_docs,)
     width = reader.width(hook)
+    # values as the reader gives them: float32 (bf16/fp16 widened exactly), or an integer hook's ids as stored
+    dtype = np.dtype(array_dtype(hook, reader.dtype) if is_integer_hook(hook) else np.float32)
+    values = partial(reader._values, hook)
     variables = {
         f"layer_{layer}": xr.Variable(("token", "feature"),
-                                      _rows_array(runs, activation_name(hook, layer), width, reader.dtype,
-                                                  reader._segment_rows),
+                                      _rows_array(runs, activation_name(hook, layer), width, dtype,
+                                                  reader._segment_rows, values),
                                       attrs={"hook": hook, "layer": layer})
         for layer in chosen
     }

@@ -61,7 +61,7 @@ def test_package_exports_are_lazy_and_complete(package: str) -> None:
 
 def _shown_default(action: argparse.Action) -> str:
     default = action.default
-    return (",".join(map(str, default)) or "none") if isinstance(default, list | tuple) else str(default)
+    return ",".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
 
 
 def test_every_option_with_a_default_shows_it() -> None:
@@ -75,7 +75,7 @@ def test_every_option_with_a_default_shows_it() -> None:
             formatter.add_argument(action)
             text = " ".join(formatter.format_help().split())
             default = action.default
-            if any(default is v for v in (None, False, argparse.SUPPRESS)):
+            if any(default is v for v in (None, False, argparse.SUPPRESS)) or default in ((), []):
                 continue  # nothing to show (a help text may still say in words what happens without the option)
             checked += 1
             assert f"(default: {_shown_default(action)})" in text, f"actcache {command}: {text}"

@@ -77,7 +77,9 @@ def readme_inputs(folder: Path) -> None:
     """README_INPUTS: files the README assumes its reader has, written into `folder`."""
     from actcache.cache_builder.corpus import DEMO_CORPUS, load_corpus
 
-    relabelled = [{"text": d.text, **d.meta, "reviewed": "yes"} for d in load_corpus(DEMO_CORPUS)]
+    loader_fields = ("source", "index")  # set by the corpus loader, not labels a corpus may carry
+    relabelled = [{"text": d.text, **{k: v for k, v in d.meta.items() if k not in loader_fields}, "reviewed": "yes"}
+                  for d in load_corpus(DEMO_CORPUS)]
     (folder / "relabelled.jsonl").write_text("".join(json.dumps(row) + "\n" for row in relabelled))
 
 

@@ -4,7 +4,9 @@
 
 Prints tokens/s of: the bare transformers forward (all 30 layers, no hooks, same padded batches), a build that
 captures 3 layers (both hooks), and a build that captures all 30 layers (both hooks); their ratios to the bare
-forward; bytes per stored value, the lossless compression ratio and the compressed write rate.
+forward; bytes per stored value, the lossless compression ratio and the compressed write rate; then the ratios the
+planner assumes (cluster/volume.py), which must be these measurements (tests/cluster/test_planner.py checks the
+README's table against them).
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ def main() -> None:
         print(f"{label:<42}{rate:>9.0f}{rate / bare:>8.2f}{stored / values:>9.2f}"
               f"{stored / info['activation_bytes_raw']:>11.3f}{info['compression_ratio']:>7.2f}"
               f"{stored / report.seconds / 1e6:>12.1f}")
+    from actcache.cluster.volume import compression_ratio
+
+    print(f"planner's ratios (cluster/volume.py): float32 {compression_ratio('float32'):.2f}, bfloat16 "
+          f"{compression_ratio('bfloat16'):.2f}; set them to the measured ones above when they differ")
 
 
 if __name__ == "__main__":

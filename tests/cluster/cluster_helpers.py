@@ -29,7 +29,8 @@ def committed_documents(path: Path) -> list[str]:
 
 
 def assert_same_cache(expected: Path, actual: Path) -> None:
-    """Same documents (once each), same token ids and labels, and bit-identical float32 activations everywhere."""
+    """Same documents (once each), same token ids and labels, and bit-identical float32 activations (int16 router
+    expert ids) everywhere."""
     a, b = open_cache(expected), open_cache(actual)
     keys = committed_documents(actual)
     assert len(keys) == len(set(keys)), "a document was committed twice"
@@ -43,7 +44,7 @@ def assert_same_cache(expected: Path, actual: Path) -> None:
             theirs = {doc.key: rows for doc, rows in b.iter_activations(hook, layer)}
             for doc, x in a.iter_activations(hook, layer):
                 y = theirs[doc.key]
-                assert x.dtype == y.dtype == np.float32
+                assert x.dtype == y.dtype == (np.int16 if hook == "router_experts" else np.float32)
                 assert np.array_equal(x, y), f"{hook} layer {layer} of {doc.key} differs: max {abs(x - y).max()}"
 
 

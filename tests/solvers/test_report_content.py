@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 from statistics import mean
 
+import numpy as np
 import pytest
 from actcache import open_cache
+from actcache.solvers import read_readout
 from actcache.solvers.job import SolveSettings, solve_cache
 from actcache.solvers.job_inputs import LabelSpec
 from job_fixtures import build, story_jsonl
@@ -44,6 +46,15 @@ def test_report_leads_with_heldout_separation_per_layer_and_the_best_layer(story
         assert float(row[3]) == pytest.approx(means[layer][1], abs=5e-3)
     best = max(means, key=lambda layer: means[layer])
     assert f"**Best layer: {best}**" in report
+    # the separation, recomputed from the cache's activations and the readout file
+    cache, readout = open_cache(story_cache), read_readout(tmp_path / "out")
+    test = [d for d in cache.documents() if d.meta["split"] == "test"]
+    for k, name in enumerate(readout.concepts):
+        v = readout.vectors[3][k].double().numpy()
+        proj = np.array([cache.activations("resid_post", 3, d.key)[-1] @ v for d in test])
+        pos = np.array([d.meta.get("concept") == name for d in test])
+        expected = (proj[pos].mean() - proj[~pos].mean()) / np.sqrt((proj[pos].var() + proj[~pos].var()) / 2)
+        assert scores[3]["separation"][k] == pytest.approx(expected, rel=2e-3)  # float16 readout vs float32 vector
     # the triage says what it measures and where; the measures that do not apply say n/a and why
     assert "## Triage of each concept's positives at layer 3" in report
     assert "It does not measure separation" in report

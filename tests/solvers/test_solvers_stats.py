@@ -193,3 +193,28 @@ def test_batched_subspace_passes_equal_one_pass(corpus):
     torch.testing.assert_close(first_p.total()[0], one_p.total()[0], rtol=0, atol=1e-10)
     for c, acc in ((0, first_p), (2, later_p), (3, later_p)):
         torch.testing.assert_close(acc.concept_total(c)[0], one_p.concept_total(c)[0], rtol=0, atol=1e-10)
+
+
+def test_position_share_flags_a_dominant_first_token(corpus):
+    from actcache.solvers.run_setup import pooling_warnings
+
+    labels = story_labels(corpus.docs)
+    poolings = tuple(parse_pooling(p) for p in ("mean", "mean-skip:1", "last", "span:0:3"))
+    lp = LayerPass(labels, 24, PassPlan(poolings))
+    shares = []
+    for i, (_doc, h) in enumerate(corpus.stream()):
+        h = h.copy()
+        h[0] *= 50.0  # an attention sink
+        norms = np.linalg.norm(h.astype(np.float64), axis=1)
+        shares.append(norms[0] / norms.sum())
+        lp.feed(i, h)
+    stats = lp.finish()
+    assert "last" not in stats.position_share  # one token: nothing to dominate
+    position, share = stats.position_share["mean"].dominant()
+    assert position == 0 and share == pytest.approx(np.mean(shares), abs=1e-6)
+    assert stats.position_share["mean-skip:1"].dominant() is None
+    notes = pooling_warnings(poolings, {3: stats.position_share, 6: stats.position_share})
+    assert len(notes) == 2
+    assert notes[0].startswith(f"pooling mean: token position 0 carries up to {np.mean(shares):.0%}")
+    assert "layer(s) 3, 6" in notes[0] and notes[0].endswith("use --pooling mean-skip:1")
+    assert notes[1].startswith("pooling span:0:3: token position 0") and notes[1].endswith("use --pooling span:1:3")

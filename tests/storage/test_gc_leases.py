@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from actcache import actcache_cli
 from actcache.storage import CacheWriter, open_cache, verify_cache
-from actcache.storage.claims import ClaimBoard, segment_subject
+from actcache.storage.claims import Claim, ClaimBoard, segment_subject
 from actcache.storage.commit_log import LocalCommitLog
 from actcache.storage.gc import collect_garbage
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
@@ -103,18 +103,44 @@ def test_gc_removes_stale_temp_files_and_says_what_it_kept(written_cache: Writte
     stale = written_cache.path / "commits" / ".tmp-abc.json"  # a committer killed between write and link
     fresh = written_cache.path / "commits" / ".tmp-def.json"  # a committer at work right now
     partial = written_cache.path / "zarr.json.0123abcd.partial"  # zarr's own temp file
-    for temp in (stale, fresh, partial):
+    folder = written_cache.path / ".annotations.tmp-999"  # a temp folder of a killed process
+    (folder / "inner").mkdir(parents=True)
+    for temp in (stale, fresh, partial, folder / "inner" / "x.json"):
         temp.write_text("{}")
     old = time.time() - 3600
-    os.utime(stale, (old, old))
-    os.utime(partial, (old, old))
+    for temp in (stale, partial, folder):
+        os.utime(temp, (old, old))
     writer = CacheWriter.open(written_cache.path, make_fingerprint())
     segment = write_unit(writer, "unit-busy", [8], np.random.default_rng(5),
                          WrittenCache(written_cache.path, [], {}, {}), commit=False)
+    board = ClaimBoard(LocalCommitLog(written_cache.path / "claims"))  # a writer killed before creating its segment
+    assert board.try_claim(Claim("segment/never-made", "dead", "host", 1, time.time() - 1)) is None
     assert actcache_cli.main(["gc", str(written_cache.path), "--older-than", "0"]) == 0
     out = capsys.readouterr().out
     assert "deleted 0 uncommitted segment(s)" in out
-    assert "deleted 2 temp file(s) of killed writers: commits/.tmp-abc.json, zarr.json.0123abcd.partial" in out
+    assert "deleted 1 expired claim(s) of segments never created: segment/never-made" in out
+    assert [c.subject for c in board.claims()] == [segment_subject(segment)]
+    assert ("deleted 3 temp file(s) of killed writers: .annotations.tmp-999, commits/.tmp-abc.json, "
+            "zarr.json.0123abcd.partial") in out
     assert f"kept {segment}: its writer is alive (pid {os.getpid()}" in out
-    assert fresh.exists() and not stale.exists() and not partial.exists()
+    assert fresh.exists() and not stale.exists() and not partial.exists() and not folder.exists()
     writer.close()
+
+
+def test_claims_are_exclusive_until_they_expire(tmp_path: Path) -> None:
+    board = ClaimBoard(LocalCommitLog(tmp_path / "claims"))
+    now = time.time()
+    first = Claim("document/abc", "writer-1", "h1", 11, now + 60)
+    second = Claim("document/abc", "writer-2", "h2", 22, now + 60)
+    assert board.try_claim(first) is None
+    assert board.try_claim(second) == first  # the live holder, named
+    renewed = board.renew(first, now + 120)
+    assert renewed is not None and board.get("document/abc") == renewed
+    expired = Claim("document/abc", "writer-1", "h1", 11, now - 1)
+    board.log.replace("document.abc.json", expired.to_dict())  # writer-1 stopped renewing long ago
+    assert board.try_claim(second) is None and board.get("document/abc") == second  # taken over
+    assert board.renew(first, now + 180) is None  # writer-1 learns it lost the claim
+    board.release(first)  # and cannot release someone else's
+    assert board.get("document/abc") == second
+    board.release(second)
+    assert board.get("document/abc") is None and board.claims() == []

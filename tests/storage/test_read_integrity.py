@@ -8,9 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from actcache.storage import CacheWriter, CorruptCacheError, NonFiniteError, open_cache, verify_cache
+from actcache.storage import (
+    CacheFingerprint,
+    CacheWriter,
+    CaptureSpec,
+    CorruptCacheError,
+    DocRecord,
+    NonFiniteError,
+    open_cache,
+    verify_cache,
+)
 from actcache.storage.chunk_codec import ChunkEncoder
-from actcache.storage.layout import chunk_key
+from actcache.storage.layout import activation_name, chunk_key
 from actcache.storage.root import child_array, open_root
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
 
@@ -59,6 +68,23 @@ def test_a_missing_chunk_of_an_integer_array_is_an_error_too(three_chunk_cache) 
     os.remove(_array_folder(cache, segment, "token_ids") / "c" / "0")
     with pytest.raises(CorruptCacheError, match="^token_ids: chunk\\(s\\) 0 of committed unit unit are missing"):
         open_cache(cache.path).token_ids(cache.docs[0].key)
+
+
+def test_a_missing_chunk_of_integer_expert_ids_is_an_error(tmp_path: Path) -> None:
+    """router_experts are stored as int16 expert ids, where a missing chunk has no NaN to show."""
+    fingerprint = CacheFingerprint(model={"architecture": "MoE", "config": {}}, tokenizer={"t": 1}, dtype="bfloat16",
+                                   capture=CaptureSpec(("router_experts",), (0,), 4096), widths={"router_experts": 2})
+    writer = CacheWriter.open(tmp_path / "cache", fingerprint)
+    docs = [DocRecord("a", 5), DocRecord("b", 3)]
+    segment = writer.begin_segment("u", docs, np.zeros(8, np.int32))
+    rows = writer.segment_writer(segment)
+    rows.append(activation_name("router_experts", 0), np.arange(16, dtype=np.int16).reshape(8, 2))
+    assert writer.commit("u", segment, docs, rows.close())
+    np.testing.assert_array_equal(open_cache(tmp_path / "cache").activations("router_experts", 0, "b"),
+                                  np.arange(10, 16).reshape(3, 2))
+    os.remove(tmp_path / "cache" / "segments" / segment / activation_name("router_experts", 0) / chunk_key(0))
+    with pytest.raises(CorruptCacheError, match="^router_experts layer 0: chunk\\(s\\) 0 .*documents a, b\\)"):
+        open_cache(tmp_path / "cache").activations("router_experts", 0, "b")
 
 
 def test_a_missing_bfloat16_chunk_is_an_error(tmp_path: Path) -> None:

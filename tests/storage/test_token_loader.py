@@ -199,6 +199,10 @@ def test_bfloat16_cache_reads_as_float32_or_its_own_bits(tmp_path: Path) -> None
     stored = np.concatenate([out.values[("resid_post", 1, k)] for k in ("u-doc0", "u-doc1")])
     np.testing.assert_array_equal(bits["resid_post.1"].view(torch.int16).numpy(), stored.view(np.int16))
     np.testing.assert_array_equal(wide["resid_post.1"].numpy(), bits["resid_post.1"].float().numpy())
+    for dtype in ("bfloat16", "float32"):  # DataLoader workers hand over views of shared memory
+        ds = reader.tokens(batch_size=50, shuffle=False, dtype=dtype)
+        mine = list(DataLoader(ds, batch_size=None, num_workers=2))
+        assert len(mine) == 7 and all(torch.equal(a[k], b[k]) for a, b in zip(mine, ds, strict=True) for k in a)
 
 
 def test_a_missing_chunk_stops_the_read(cache: WrittenCache, tmp_path: Path) -> None:
