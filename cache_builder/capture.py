@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,56 +39,57 @@ def check_hooks(hooks: Sequence[str]) -> tuple[str, ...]:
         raise BuildSettingsError(str(error)) from None
 
 
-def _output_tensor(output: Any) -> torch.Tensor:
-    # transformers 5 decoder layers return a tensor; older ones a tuple whose first item is the hidden state
-    return output[0] if isinstance(output, tuple) else output
+@dataclass(frozen=True)
+class _Site:
+    """Where a hook is read: a submodule of the decoder layer ('' = the layer itself), its input or its output,
+    and which item of a tuple output (transformers 5's top-k router returns (logits, top-k weights, top-k ids))."""
+
+    module: str
+    output: bool
+    item: int = 0
+    why: str = "Llama/Qwen-style decoder layers"  # when the submodule is missing: which layers have it
 
 
-def _router_gate(layer: nn.Module, index: int) -> nn.Module:
-    """The layer's top-k router (transformers 5 `...TopKRouter`: returns (logits, top-k weights, top-k ids))."""
-    gate = getattr(getattr(layer, "mlp", None), "gate", None)
-    if gate is None or not hasattr(gate, "top_k"):
-        raise BuildSettingsError(f"layer {index} has no top-k router (mlp.gate): router hooks exist on MoE layers "
-                                 f"only; choose other --layers or drop the router hooks")
-    return gate
+_SITES = {
+    "resid_pre": _Site("", output=False),
+    "resid_mid": _Site("post_attention_layernorm", output=False),  # the residual after the attention add
+    "resid_post": _Site("", output=True),
+    "attn_z": _Site("self_attn.o_proj", output=False),
+    "mlp_in": _Site("mlp", output=False),
+    "mlp_out": _Site("mlp", output=True),
+    "mlp_act": _Site("mlp.down_proj", output=False, why="dense MLP layers only: capture router, mlp_in or mlp_out "
+                                                         "on MoE layers"),
+    "router_experts": _Site("mlp.gate", output=True, item=2, why="MoE layers with a top-k router only"),
+    "router_weights": _Site("mlp.gate", output=True, item=1, why="MoE layers with a top-k router only"),
+}
 
 
-def _down_proj(layer: nn.Module, index: int) -> nn.Module:
-    down = getattr(getattr(layer, "mlp", None), "down_proj", None)
-    if not isinstance(down, nn.Linear):
-        raise BuildSettingsError(f"layer {index} has no dense mlp.down_proj (a MoE layer?): mlp_act exists on dense "
-                                 f"MLP layers only; capture router, mlp_in or mlp_out there")
-    return down
+def _site_module(layer: nn.Module, index: int, hook: str, site: _Site) -> nn.Module:
+    """The submodule a hook is read from, or a one-line refusal naming the layer (a dense layer has no router, a
+    MoE layer no single down_proj; a router that returns only logits has no `top_k`)."""
+    try:
+        module = layer.get_submodule(site.module)
+    except AttributeError:
+        module = None
+    if module is None or (hook.startswith("router_") and not hasattr(module, "top_k")) or (
+            hook == "mlp_act" and not isinstance(module, nn.Linear)):
+        raise BuildSettingsError(f"layer {index} has no {site.module} for {hook}: it exists on {site.why}; choose "
+                                 f"other --layers or hooks")
+    return module
 
 
-def _register(layer: nn.Module, index: int, hook: str, record: Record) -> list[Any]:
-    """Attach the hook(s) that record `hook` of one decoder layer; returns their handles."""
-    def output_of(name: str) -> Any:
-        return lambda _module, _args, output: record(name, _output_tensor(output))
+def _register(layer: nn.Module, index: int, hook: str, record: Record) -> Any:
+    """Attach the hook that records `hook` of one decoder layer; returns its handle."""
+    site = _SITES[hook]
+    module = _site_module(layer, index, hook, site)
+    if site.output:
+        def on_output(_module: nn.Module, _args: Any, output: Any) -> None:
+            record(hook, output[site.item] if isinstance(output, tuple) else output)
+        return module.register_forward_hook(on_output)
 
-    def input_of(name: str) -> Any:
-        return lambda _module, args: record(name, args[0])
-
-    if hook == "resid_pre":  # the layer's hidden_states, given positionally or by keyword
-        return [layer.register_forward_pre_hook(
-            lambda _m, args, kwargs: record(hook, args[0] if args else kwargs["hidden_states"]), with_kwargs=True)]
-    if hook == "resid_post":
-        return [layer.register_forward_hook(output_of(hook))]
-    if hook == "attn_z":
-        return [layer.get_submodule("self_attn.o_proj").register_forward_pre_hook(input_of(hook))]
-    if hook == "resid_mid":  # the post-attention norm's input is the residual after the attention add
-        return [layer.get_submodule("post_attention_layernorm").register_forward_pre_hook(input_of(hook))]
-    if hook == "mlp_in":
-        return [layer.get_submodule("mlp").register_forward_pre_hook(input_of(hook))]
-    if hook == "mlp_out":
-        return [layer.get_submodule("mlp").register_forward_hook(output_of(hook))]
-    if hook == "mlp_act":
-        return [_down_proj(layer, index).register_forward_pre_hook(input_of(hook))]
-    if hook == "router_experts":
-        return [_router_gate(layer, index).register_forward_hook(lambda _m, _a, out: record(hook, out[2]))]
-    if hook == "router_weights":
-        return [_router_gate(layer, index).register_forward_hook(lambda _m, _a, out: record(hook, out[1]))]
-    raise BuildSettingsError(f"unknown hook {hook!r}: use one of {', '.join(HOOKS)}")
+    def on_input(_module: nn.Module, args: Any, kwargs: Any) -> None:  # given positionally or by keyword
+        record(hook, args[0] if args else kwargs["hidden_states"])
+    return module.register_forward_pre_hook(on_input, with_kwargs=True)
 
 
 @contextmanager
@@ -109,7 +111,7 @@ def record_activations(layers: Mapping[int, nn.Module], hooks: Sequence[str],
     try:
         for index, layer in layers.items():
             for hook in hooks:
-                handles.extend(_register(layer, index, hook, recorder(index)))
+                handles.append(_register(layer, index, hook, recorder(index)))
         yield records
     finally:
         for handle in handles:

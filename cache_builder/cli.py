@@ -8,6 +8,7 @@ from typing import Any
 
 from actcache.storage.devices import DEVICE_HELP
 from actcache.storage.hook_points import HOOKS_HELP
+from actcache.storage.store_modes import STORE_AS_HELP, STORE_MODES
 
 from .settings import BuildSettings
 
@@ -27,7 +28,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help="tokens kept per document; longer documents are truncated and reported")
     parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"],
-                        help="compute and storage dtype (stored losslessly)")
+                        help="compute dtype (stored losslessly unless --store-as says otherwise)")
+    parser.add_argument("--store-as", default=defaults.store_as, choices=STORE_MODES, help=STORE_AS_HELP)
     parser.add_argument("--device", default=defaults.device,
                         help=f"where the single-process build runs the model: {DEVICE_HELP} (a Ray pipeline "
                              f"gives each stage its own GPU instead)")
@@ -47,6 +49,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         hooks=tuple(h.strip() for h in args.hooks.split(",") if h.strip()), batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=args.device, unit_tokens=args.unit_tokens,
         padding_side=args.padding_side, progress=not args.no_progress, store_text=not args.no_text,
+        store_as=args.store_as,
     )
 
 

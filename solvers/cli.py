@@ -6,10 +6,16 @@ import argparse
 from typing import Any
 
 from actcache.solvers.analyses.commands import register_analyses
-from actcache.solvers.defaults import SOLVE_METHODS, SWEEP_METHODS, SWEEP_POOLINGS
+from actcache.solvers.defaults import (
+    GATE_MAX_AUROC_DELTA,
+    GATE_MIN_CAA_COSINE,
+    SOLVE_METHODS,
+    SWEEP_METHODS,
+    SWEEP_POOLINGS,
+)
 from actcache.storage.devices import DEVICE_HELP
 
-__all__ = ["parse_where", "register", "run_score", "run_solve", "run_sweep"]
+__all__ = ["parse_where", "register", "run_compare", "run_score", "run_solve", "run_sweep"]
 
 _METHODS_HELP = ("comma list of caa, subspace, heads, ridge, quality and the aggregators mean, pca, logistic, "
                  "logistic_l1, linear, pca_diff, pca_center; or all")
@@ -24,6 +30,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is an earlier solve/sweep output (written atomically)")
+    _add_run_options(parser)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--layers, the label options and the resources (solve, sweep and compare)."""
     parser.add_argument("--layers", default="all",
                         help="layers to solve, e.g. 8,15; -1 is the model's last layer; all: every cached layer")
     labels = parser.add_argument_group("labels (default: the story layout's concept/role metadata)")
@@ -78,6 +89,19 @@ def register(subparsers: Any) -> None:
     score.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                        help="only documents with this label value (repeat for more fields, or for several values)")
     score.set_defaults(func=run_score)
+
+    compare = subparsers.add_parser("compare", help="quality gate of a lossy cache (build --store-as): solve it and "
+                                                    "its exact twin, compare CAA, held-out AUROC, subspace, ridge")
+    compare.add_argument("exact", help="cache built with --store-as exact")
+    compare.add_argument("lossy", help="the same model and corpus built with a lossy --store-as")
+    compare.add_argument("--out", help="JSON file for every figure (replaced when it exists)")
+    compare.add_argument("--pooling", default="last", help="last, mean, mean-skip:K or span:A:B")
+    compare.add_argument("--min-caa-cosine", type=float, default=GATE_MIN_CAA_COSINE,
+                         help="gate: smallest CAA cosine allowed")
+    compare.add_argument("--max-auroc-delta", type=float, default=GATE_MAX_AUROC_DELTA,
+                         help="gate: largest |AUROC delta| allowed")
+    _add_run_options(compare)
+    compare.set_defaults(func=run_compare)
     register_analyses(subparsers)  # probe, neighbors, geometry, logit-lens
 
 
@@ -113,6 +137,23 @@ def run_sweep(args: argparse.Namespace) -> int:
                              threads=args.threads, overwrite=args.overwrite)
     print(sweep_cache(args.cache, args.out, settings).summary())
     return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Exit 0 when the gate passes, 1 when it fails (the table says which figure)."""
+    import json
+    from pathlib import Path
+
+    from actcache.solvers.compare import GateSettings, compare_caches
+
+    settings = GateSettings(pooling=args.pooling, min_caa_cosine=args.min_caa_cosine,
+                            max_auroc_delta=args.max_auroc_delta, layers=args.layers, labels=_labels(args),
+                            max_memory=_memory(args), device=args.device, workers=args.workers, threads=args.threads)
+    result = compare_caches(args.exact, args.lossy, settings)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(result.table())
+    return 0 if result.passed else 1
 
 
 def parse_where(pairs: list[str]) -> dict[str, list[str]] | None:

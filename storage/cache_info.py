@@ -16,11 +16,13 @@ from .disk_usage import disk_usage
 from .dtypes import storage_dtype
 from .fingerprint import canonical_json, digest
 from .hook_points import array_dtype
+from .lossy import combine
 
 if TYPE_CHECKING:
+    from .index import CommitRecord
     from .reader import CacheReader
 
-__all__ = ["cache_info", "label_summary"]
+__all__ = ["cache_info", "label_summary", "lossy_error"]
 
 MOST_COMMON = 3  # values shown per label field
 
@@ -42,6 +44,7 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
         "tokenizer_digest": digest(fp.tokenizer)[:16],
         "cache_fingerprint": fp.digest[:16],  # model + tokenizer + dtype + capture spec: what an append must match
         "dtype": fp.dtype,
+        "store_as": fp.capture.store_as,  # exact, or a lossy mode (storage/lossy.py)
         "hooks": list(fp.capture.hooks),
         "layers": list(fp.capture.layers),
         "widths": dict(fp.widths),
@@ -56,10 +59,22 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
         "activation_bytes_raw": raw,
         "activation_bytes_stored": usage.activations,  # committed units only, like the raw size
         "compression_ratio": raw / usage.activations if usage.activations else None,
+        "lossy_error": lossy_error(records),
         "uncommitted_segments": usage.segments - len(committed),
         "uncommitted_bytes": usage.uncommitted,
         "annotation_versions": reader.annotation_versions(),
     }
+
+
+def lossy_error(records: Iterable[CommitRecord]) -> dict[str, dict[str, Any]]:
+    """Per lossy array (`<hook>/layer_<L>`): the error each commit measured against its exact values, combined
+    over commits (storage/lossy.py `combine`); empty for an exact cache."""
+    per_array: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        for name, manifest in record.arrays.items():
+            if manifest.error is not None:
+                per_array.setdefault(name, []).append(manifest.error)
+    return {name: combine(errors) for name, errors in sorted(per_array.items())}
 
 
 def label_summary(metas: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -42,7 +42,8 @@ def format_info(info: dict[str, Any]) -> str:
         + f", digest {model['digest']} (weights + config)",
         f"capture      hooks {hooks}",
         f"             layers {', '.join(map(str, info['layers']))}",
-        f"             {info['dtype']}, up to {info['max_length']} tokens ({info['truncation_side']} truncation)",
+        f"             {info['dtype']}, up to {info['max_length']} tokens ({info['truncation_side']} truncation)"
+        + ("" if info.get("store_as", "exact") == "exact" else f", stored as {info['store_as']} (lossy)"),
         f"fingerprint  {info['cache_fingerprint']} (model + tokenizer + dtype + capture: an append must match it)",
         f"documents    {info['documents']} ({info['truncated_documents']} truncated to {info['max_length']} tokens)",
         *_label_lines(info["label_fields"]),
@@ -52,6 +53,12 @@ def format_info(info: dict[str, Any]) -> str:
         f"raw {info['activation_bytes_raw'] / 2**20:.1f} MiB, "
         f"compression {'n/a' if ratio is None else f'{ratio:.2f}x'})",
     ]
+    measured = {name: error for name, error in info.get("lossy_error", {}).items() if "rel_l2_mean" in error}
+    for i, (name, error) in enumerate(measured.items()):  # per token, against the exact values, over all commits
+        lines.append(f"{'lossy error' if i == 0 else '':<13}{name}: rel. L2 "
+                     f"mean {error['rel_l2_mean']:.2e}, p99 {error['rel_l2_p99']:.2e}, max "
+                     f"{error['rel_l2_max']:.2e}; cosine min {error['cosine_min']:.6f}, mean "
+                     f"{error['cosine_mean']:.6f}")
     if info["uncommitted_segments"]:
         lines.append(f"uncommitted  {info['uncommitted_segments']} segment(s), "
                      f"{info['uncommitted_bytes'] / 2**20:.1f} MiB, being written or left by interrupted writers "

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from .atomic_dir import TEMP_MARK
+from .backends.local import LocalBackend
 from .durable import fsync_dir
 
 __all__ = ["CommitLog", "LocalCommitLog"]
@@ -44,35 +44,20 @@ class CommitLog(ABC):
 
 
 class LocalCommitLog(CommitLog):
-    """A folder on a local or shared POSIX disk: write a temp file, fsync, then hard-link it into place.
-
-    `link` fails when the target exists, which makes the publish both atomic and exclusive; the folder is fsynced
-    after the link, so a published record survives a power loss.
+    """A folder on a local or shared POSIX disk, published through `LocalBackend`: write a temp file, fsync, then
+    hard-link it into place (exclusive: `link` fails when the target exists) or rename it over (replace), then
+    fsync the folder, so a published record survives a power loss.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._files = LocalBackend(folder)
 
     def put_if_absent(self, name: str, record: dict[str, Any]) -> bool:
-        tmp = self._write_temp(record)
-        try:
-            try:
-                os.link(tmp, self.folder / name)
-            except FileExistsError:
-                return False
-            fsync_dir(self.folder)
-            return True
-        finally:
-            os.unlink(tmp)
+        return self._files.put_if_absent(name, _encode(record))
 
     def replace(self, name: str, record: dict[str, Any]) -> None:
-        tmp = self._write_temp(record)
-        try:
-            os.replace(tmp, self.folder / name)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        fsync_dir(self.folder)
+        self._files.put(name, _encode(record))
 
     def take(self, name: str) -> dict[str, Any] | None:
         aside = self.folder / f"{TEMP_MARK}taken-{uuid.uuid4().hex}.json"
@@ -86,20 +71,6 @@ class LocalCommitLog(CommitLog):
             aside.unlink()
             fsync_dir(self.folder)
 
-    def _write_temp(self, record: dict[str, Any]) -> str:
-        """The record in a fsynced temp file of the folder (hidden: `names()` skips it, `gc` removes a stale one)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TEMP_MARK, suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(record, handle, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return tmp
-
     def names(self) -> list[str]:
         if not self.folder.is_dir():
             return []
@@ -107,3 +78,7 @@ class LocalCommitLog(CommitLog):
 
     def get(self, name: str) -> dict[str, Any]:
         return json.loads((self.folder / name).read_text())
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True).encode()

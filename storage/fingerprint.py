@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dtypes import SUPPORTED_DTYPES
+from .store_modes import STORE_MODES
 
 __all__ = ["CaptureSpec", "CacheFingerprint", "canonical_json", "digest"]
 
@@ -23,12 +24,14 @@ def digest(value: Any) -> str:
 
 @dataclass(frozen=True)
 class CaptureSpec:
-    """Which activations are stored, and how documents were cut."""
+    """Which activations are stored, how documents were cut, and how values are stored (`store_as`: exact, or a
+    lossy mode of storage/lossy.py; an append must use the same)."""
 
     hooks: tuple[str, ...]
     layers: tuple[int, ...]
     max_length: int
     truncation_side: str = "right"
+    store_as: str = "exact"
 
     def __post_init__(self) -> None:
         if not self.hooks:
@@ -39,14 +42,19 @@ class CaptureSpec:
             raise ValueError(f"layers must be sorted and unique, got {list(self.layers)}")
         if self.truncation_side not in ("left", "right"):
             raise ValueError(f"truncation_side must be left or right, not {self.truncation_side!r}")
+        if self.store_as not in STORE_MODES:
+            raise ValueError(f"store_as must be one of {', '.join(STORE_MODES)}, not {self.store_as!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "hooks": list(self.hooks),
             "layers": list(self.layers),
             "max_length": self.max_length,
             "truncation_side": self.truncation_side,
         }
+        if self.store_as != "exact":  # absent means exact: caches made before lossy modes keep their digest
+            out["store_as"] = self.store_as
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptureSpec:
@@ -55,6 +63,7 @@ class CaptureSpec:
             layers=tuple(int(x) for x in data["layers"]),
             max_length=int(data["max_length"]),
             truncation_side=data.get("truncation_side", "right"),
+            store_as=data.get("store_as", "exact"),
         )
 
 

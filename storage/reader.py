@@ -19,6 +19,7 @@ from .errors import CacheError, CorruptCacheError, NonFiniteError
 from .hook_points import array_dtype, is_integer_hook
 from .index import CommitIndex, CommitRecord, DocLocation
 from .layout import CHUNK_DIR, COMMITS, TOKEN_IDS, activation_name, parse_activation_name, segment_path
+from .lossy import DequantizedArray, is_scaled, read_dtype, scale_name
 from .root import open_root
 
 if TYPE_CHECKING:
@@ -69,6 +70,11 @@ class CacheReader:
     @property
     def dtype(self) -> str:
         return self.fingerprint.dtype
+
+    @property
+    def store_as(self) -> str:
+        """How values are stored: exact, or a lossy mode (storage/lossy.py); reads are float32 either way."""
+        return self.fingerprint.capture.store_as
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -149,8 +155,9 @@ class CacheReader:
         return rows
 
     def tensor(self, hook: str, layer: int, key: str, span: tuple[int, int] | None = None) -> torch.Tensor:
-        """The same rows as a torch tensor in the cache's own dtype (e.g. torch.bfloat16, bit-exact)."""
-        return to_torch(self._stored(hook, layer, key, span), array_dtype(hook, self.dtype))
+        """The same rows as a torch tensor in the cache's own dtype (e.g. torch.bfloat16, bit-exact); a lossy cache
+        gives its stored dtype (bfloat16), or float32 for the scaled modes (fp8, int8: codes times scales)."""
+        return to_torch(self._stored(hook, layer, key, span), array_dtype(hook, self._read_dtype(hook)))
 
     def iter_activations(self, hook: str, layer: int, keys: Iterable[str] | None = None, *,
                          block_bytes: int = STREAM_BLOCK_BYTES, check_finite: bool = False,
@@ -273,12 +280,14 @@ class CacheReader:
         for hook in hooks:
             for layer in layers:
                 self._check_hook_layer(hook, layer)
-        if dtype not in ("float32", self.dtype):
-            raise CacheError(f"dtype {dtype!r}: this {self.dtype} cache reads as float32 or {self.dtype}")
+        own = read_dtype(self.store_as, self.dtype)  # the stored dtype (a lossy cache's bfloat16, or float32)
+        if dtype not in ("float32", own):
+            raise CacheError(f"dtype {dtype!r}: this {self.dtype} cache (stored {self.store_as}) reads as float32 "
+                             f"or {own}")
         settings = LoaderSettings(hooks, layers, batch_size, shuffle, seed, rank, world_size, buffer_tokens,
                                   parse_positions(positions), epochs, dtype)
-        return TokenDataset(self.path, self.dtype, dict(self.fingerprint.widths), self._index.records,
-                            self.documents(), settings, where, threads)
+        return TokenDataset(self.path, own, dict(self.fingerprint.widths), self._index.records,
+                            self.documents(), settings, where, threads, store_as=self.store_as)
 
     def _segment_rows(self, segment: str, name: str, start: int, stop: int) -> np.ndarray:
         """Stored rows [start, stop) of one committed segment's array (for views that span segments)."""
@@ -322,7 +331,10 @@ class CacheReader:
         return missing
 
     def _require_chunks(self, segment: str, name: str, start: int, stop: int) -> None:
-        """CorruptCacheError naming the documents, when any chunk under rows [start, stop) is missing."""
+        """CorruptCacheError naming the documents, when any chunk under rows [start, stop) is missing (of a scaled
+        lossy array: of its codes or its scales)."""
+        if self._scaled(name):
+            self._require_chunks(segment, scale_name(*parse_activation_name(name)), start, stop)
         missing = self._missing_chunks(segment, name)
         if not missing:
             return
@@ -373,15 +385,30 @@ class CacheReader:
             raise KeyError(f"document {key!r} is not committed in {self.path}") from None
 
     def _array(self, segment: str, name: str) -> zarr.Array:
+        """The array `name` of a segment; a scaled lossy activation array reads as float32 (codes times scales)."""
         cached = self._arrays.get((segment, name))
         if cached is None:
             cached = zarr.open_array(self._group.store, path=f"{segment_path(segment)}/{name}", mode="r")
+            if self._scaled(name):
+                scales = self._array(segment, scale_name(*parse_activation_name(name)))
+                cached = DequantizedArray(cached, scales, self.store_as)  # type: ignore[assignment]
             self._arrays[(segment, name)] = cached
         return cached
 
+    def _scaled(self, name: str) -> bool:
+        """Whether array `name` holds scaled lossy codes (integer ids and scale arrays are stored exactly)."""
+        if not is_scaled(self.store_as) or "/layer_" not in name:
+            return False
+        hook = parse_activation_name(name)[0]
+        return hook in self.hooks and not is_integer_hook(hook)
+
+    def _read_dtype(self, hook: str) -> str:
+        """The dtype a hook's rows are read in before widening: the cache's, or a lossy mode's (storage/lossy.py)."""
+        return self.dtype if is_integer_hook(hook) else read_dtype(self.store_as, self.dtype)
+
     def _values(self, hook: str, stored: np.ndarray) -> np.ndarray:
         """Stored rows as values: float32 (widened exactly), or the integer ids of an integer hook as stored."""
-        return stored if is_integer_hook(hook) else widen_to_float32(stored, self.dtype)
+        return stored if is_integer_hook(hook) else widen_to_float32(stored, self._read_dtype(hook))
 
     def _stored(self, hook: str, layer: int, key: str, span: tuple[int, int] | None) -> np.ndarray:
         self._check_hook_layer(hook, layer)

@@ -50,17 +50,22 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class ArrayManifest:
-    """What a writer put in one array: checked by the commit and by `verify`."""
+    """What a writer put in one array: checked by the commit and by `verify`; `error`: a lossy array's measured
+    error against the exact values (storage/lossy.py `summarize`), None for exact arrays."""
 
     name: str
     shape: tuple[int, ...]
     chunk_rows: int
     n_chunks: int
+    error: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "n_chunks": self.n_chunks}
+        out = {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "n_chunks": self.n_chunks}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> ArrayManifest:
         return cls(name=name, shape=tuple(data["shape"]), chunk_rows=int(data["chunk_rows"]),
-                   n_chunks=int(data["n_chunks"]))
+                   n_chunks=int(data["n_chunks"]), error=data.get("error"))

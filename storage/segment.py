@@ -16,10 +16,11 @@ import numpy as np
 import zarr
 
 from .chunk_codec import ChunkEncoder
-from .dtypes import to_storage
+from .dtypes import to_storage, widen_to_float32
 from .errors import as_disk_full
 from .hook_points import array_dtype
 from .layout import parse_activation_name, segment_path
+from .lossy import decode, encode, row_errors, summarize
 from .records import ArrayManifest
 from .root import child_array
 
@@ -32,6 +33,9 @@ class _ArrayStream:
     def __init__(self, array: zarr.Array, folder: Path, dtype: str) -> None:
         self.array = array
         self.dtype = dtype  # the values' true dtype (the cache's, or the hook's own, e.g. int16 expert ids)
+        self.mode = str(array.attrs.get("actcache_store_as", "exact"))  # lossy codes: storage/lossy.py
+        self.errors: list[tuple[np.ndarray, np.ndarray]] = []  # a lossy array's (rel. L2 error, cosine) per row
+        self.non_finite = 0
         self.encoder = ChunkEncoder(array, folder)
         self.chunk_rows = int(array.chunks[0])
         self.pending: list[np.ndarray] = []
@@ -66,6 +70,12 @@ class SegmentWriter:
         self.dtype = dtype
         self._streams = {name: _ArrayStream(child_array(group, name), folder / name,
                                             array_dtype(parse_activation_name(name)[0], dtype)) for name in names}
+        self._scales: dict[str, _ArrayStream] = {}  # array name -> its per-token scales (scaled lossy modes)
+        for name in names:
+            scales = self._streams[name].array.attrs.get("actcache_scale")
+            if scales is not None:
+                self._scales[name] = self._streams[scales] = _ArrayStream(child_array(group, str(scales)),
+                                                                          folder / str(scales), "float32")
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []
@@ -79,6 +89,16 @@ class SegmentWriter:
             raise ValueError(f"{name}: expected rows of width {stream.array.shape[1]}, got shape {block.shape}")
         if stream.offset + stream.pending_rows + len(block) > stream.array.shape[0]:
             raise ValueError(f"{name}: more rows than the segment's {stream.array.shape[0]} tokens")
+        if stream.mode != "exact":  # encode, and measure what readers will get against the exact rows in hand
+            exact = widen_to_float32(block, stream.dtype)
+            block, scales = encode(exact, stream.mode)
+            stream.errors.append(row_errors(exact, decode(block, scales, stream.mode)))
+            stream.non_finite += int((~np.isfinite(exact).all(axis=1)).sum())
+            if scales is not None:
+                self._queue(self._scales[name], scales)
+        self._queue(stream, block)
+
+    def _queue(self, stream: _ArrayStream, block: np.ndarray) -> None:
         stream.pending.append(np.ascontiguousarray(block))
         stream.pending_rows += len(block)
         self._flush(stream, final=False)
@@ -124,7 +144,12 @@ class SegmentWriter:
             if stream.offset != stream.array.shape[0]:
                 raise ValueError(f"{name}: wrote {stream.offset} of {stream.array.shape[0]} rows")
             n_chunks = -(-stream.array.shape[0] // stream.chunk_rows)
-            manifests.append(ArrayManifest(name, tuple(stream.array.shape), stream.chunk_rows, n_chunks))
+            error = None
+            if stream.mode != "exact":
+                rel, cosine = (np.concatenate(part) for part in zip(*stream.errors, strict=True)) if stream.errors \
+                    else (np.empty(0), np.empty(0))
+                error = summarize(rel, cosine, stream.non_finite)
+            manifests.append(ArrayManifest(name, tuple(stream.array.shape), stream.chunk_rows, n_chunks, error))
         return manifests
 
     def abort(self) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import InputError
-from .fingerprint import CacheFingerprint
+
+if TYPE_CHECKING:
+    from .fingerprint import CacheFingerprint
 
 __all__ = ["LayerSelectionError", "model_layer_count", "select_layers"]
 

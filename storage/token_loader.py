@@ -27,7 +27,8 @@ from .chunk_codec import ChunkDecoder
 from .dtypes import storage_dtype, to_torch, widen_to_float32
 from .errors import CacheError, CorruptCacheError
 from .index import CommitRecord
-from .layout import segment_path
+from .layout import parse_activation_name, segment_path
+from .lossy import decode, is_scaled, scale_name
 from .pooled import select_documents
 from .token_plan import LoaderSettings, LoaderSettingsError, Piece, TokenPlan
 
@@ -52,12 +53,13 @@ class TokenDataset(IterableDataset[Batch]):
 
     def __init__(self, path: Path, cache_dtype: str, widths: dict[str, int], records: Sequence[CommitRecord],
                  documents: Sequence[Document], settings: LoaderSettings, where: Where | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, *, store_as: str = "exact") -> None:
         super().__init__()
         self.path = path
         self.settings = settings
         self.threads = threads
-        self._cache_dtype = cache_dtype
+        self._cache_dtype = cache_dtype  # the dtype rows are held in: the stored one, float32 for scaled codes
+        self.store_as = store_as  # fp8/int8: chunks hold codes, decoded with their scales (storage/lossy.py)
         self._widths = {key: widths[name.split("/")[0]] for key, name in settings.streams}
         self._records = list(records)  # every committed unit of the reader: a state may pin a subset
         self._documents = {d.key: d for d in documents}
@@ -289,18 +291,20 @@ class _WindowReader:
         self.windows[(epoch, window)] = _Window(self.owner, epoch, window, self.slots, self._buffers(), order,
                                                 self._fill, self.pool)
 
-    def _decoders_of(self, segment: int) -> dict[str, ChunkDecoder]:
-        record = self.owner.plan.records[segment]
-        out = {}
-        for key, name in self.owner.settings.streams:
-            decoder = self.decoders.get((segment, name))
-            if decoder is None:
-                path = f"{segment_path(record.segment)}/{name}"
-                array = zarr.open_array(self.store, path=path, mode="r")
-                decoder = ChunkDecoder(array, self.owner.path / path)
-                self.decoders[(segment, name)] = decoder
-            out[key] = decoder
-        return out
+    def _decoders_of(self, segment: int) -> dict[str, tuple[ChunkDecoder, ChunkDecoder | None]]:
+        """Per stream: the decoder of its chunks, and of its per-token scales (scaled lossy modes only)."""
+        scaled = is_scaled(self.owner.store_as)
+        return {key: (self._decoder(segment, name),
+                      self._decoder(segment, scale_name(*parse_activation_name(name))) if scaled else None)
+                for key, name in self.owner.settings.streams}
+
+    def _decoder(self, segment: int, name: str) -> ChunkDecoder:
+        decoder = self.decoders.get((segment, name))
+        if decoder is None:
+            path = f"{segment_path(self.owner.plan.records[segment].segment)}/{name}"
+            array = zarr.open_array(self.store, path=path, mode="r")
+            decoder = self.decoders[(segment, name)] = ChunkDecoder(array, self.owner.path / path)
+        return decoder
 
     def _fill(self, window: _Window, piece: Piece) -> None:
         """Decode one unit's chunks once and put its selected rows of `piece` in their window places (a pool task)."""
@@ -312,7 +316,7 @@ class _WindowReader:
         for start, stop, token, dest in zip(starts, stops, tokens, dests, strict=False):
             where = slice(dest, dest + stop - start) if place is None else place[dest:dest + stop - start]
             window.tokens[where] = np.arange(token, token + stop - start)
-        for key, decoder in self._decoders_of(segment).items():
+        for key, (decoder, scaler) in self._decoders_of(segment).items():
             rows, out = decoder.chunk_rows, window.rows[key]
             for chunk in range(int(starts[0]) // rows, (int(stops[-1]) - 1) // rows + 1):
                 c0, c1 = chunk * rows, (chunk + 1) * rows
@@ -320,6 +324,10 @@ class _WindowReader:
                 if not len(hit):
                     continue
                 try:
+                    scales = None
+                    if scaler is not None:  # before the codes: planes() reuses one buffer per thread
+                        scales = np.empty((rows, 1), np.float32)
+                        scaler.unshuffle(scaler.planes(chunk), 0, rows, scales)
                     planes = decoder.planes(chunk)
                 except CorruptCacheError as error:
                     raise CorruptCacheError(f"{error} (documents {_documents_at(plan.records[segment], c0, c1)})") \
@@ -327,12 +335,14 @@ class _WindowReader:
                 for i in hit:
                     lo, hi = max(int(starts[i]), c0), min(int(stops[i]), c1)
                     at = int(dests[i]) + lo - int(starts[i])
-                    if place is None:
+                    if place is None and scales is None:
                         decoder.unshuffle(planes, lo - c0, hi - c0, out[at:at + hi - lo])
-                    else:  # decode contiguous, then scatter the rows to their shuffled places
-                        staged = np.empty((hi - lo, out.shape[1]), out.dtype)
+                    else:  # decode contiguous (codes times scales), then put the rows in their (shuffled) places
+                        staged = np.empty((hi - lo, out.shape[1]), decoder.dtype)
                         decoder.unshuffle(planes, lo - c0, hi - c0, staged)
-                        out[place[at:at + hi - lo]] = staged
+                        values = staged if scales is None else decode(staged, scales[lo - c0:hi - c0],
+                                                                      self.owner.store_as)
+                        out[slice(at, at + hi - lo) if place is None else place[at:at + hi - lo]] = values
 
     def close(self) -> None:
         for window in self.windows.values():

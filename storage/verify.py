@@ -11,8 +11,10 @@ import zarr
 
 from .commit_log import LocalCommitLog
 from .errors import CacheError
+from .hook_points import is_integer_hook
 from .index import CommitRecord
 from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, chunk_key, segment_path
+from .lossy import is_scaled, scale_name
 from .root import child_array, child_group, open_root
 
 __all__ = ["Problem", "VerifyReport", "verify_cache"]
@@ -43,6 +45,9 @@ def verify_cache(path: str | Path, progress: Callable[[int], None] | None = None
     group, fingerprint = open_root(path)
     log = LocalCommitLog(path / COMMITS)
     expected = [activation_name(h, layer) for h in fingerprint.capture.hooks for layer in fingerprint.capture.layers]
+    if is_scaled(fingerprint.capture.store_as):  # fp8/int8 codes' per-token scales (storage/lossy.py)
+        expected += [scale_name(h, layer) for h in fingerprint.capture.hooks if not is_integer_hook(h)
+                     for layer in fingerprint.capture.layers]
     report = VerifyReport()
     for name in log.names():
         try:

@@ -21,7 +21,7 @@ from .dtypes import fill_value, storage_dtype
 from .durable import fsync_tree
 from .errors import CacheError, NotACacheError, as_disk_full
 from .fingerprint import CacheFingerprint
-from .hook_points import HOOK_POINTS, array_dtype
+from .hook_points import HOOK_POINTS, array_dtype, is_integer_hook
 from .index import CommitIndex, CommitRecord
 from .layout import (
     CLAIMS,
@@ -33,6 +33,7 @@ from .layout import (
     commit_name,
     segment_path,
 )
+from .lossy import code_dtype, code_dtype_name, is_scaled, scale_name
 from .records import ArrayManifest, ArraySpec, DocRecord
 from .root import check_same_fingerprint, create_root, open_root
 from .segment import SegmentWriter
@@ -51,7 +52,7 @@ def _compressors(shuffle_bytes: int | None = None) -> list[BytesBytesCodec]:
     for bfloat16, at ~270 MB/s per core).
     """
     codecs: list[BytesBytesCodec] = [ZstdCodec(level=ZSTD_LEVEL, checksum=False), Crc32cCodec()]
-    if shuffle_bytes is not None and shuffle_bytes > 1:
+    if shuffle_bytes is not None:  # a no-op for 1-byte codes, kept so that every activation has one codec chain
         codecs.insert(0, Shuffle(elementsize=shuffle_bytes))
     return codecs
 
@@ -149,19 +150,35 @@ class CacheWriter:
         group.create_array(DOC_OFFSETS, data=offsets, compressors=_compressors(), dimension_names=["doc_edge"])
         if texts is not None:
             write_texts(group, texts, _compressors())
+        mode = self.fingerprint.capture.store_as
         for spec in self.array_specs():
             dtype = array_dtype(spec.hook, self.fingerprint.dtype)
-            rows = chunk_tokens_for(spec.width, storage_dtype(dtype).itemsize)
+            stored, fill, extra = storage_dtype(dtype), fill_value(dtype), {}
+            if self._lossy(spec.hook):  # codes of storage/lossy.py; NaN fill where the codes have one
+                stored, dtype = code_dtype(mode), code_dtype_name(mode)
+                fill = {"bfloat16": fill_value("bfloat16"), "fp8": 0x7F, "int8": -128}[mode]
+                extra = {"actcache_store_as": mode}
+            rows = chunk_tokens_for(spec.width, stored.itemsize)
+            if self._lossy(spec.hook) and is_scaled(mode):
+                extra["actcache_scale"] = scale_name(spec.hook, spec.layer)
+                group.create_array(scale_name(spec.hook, spec.layer), shape=(n_tokens, 1), chunks=(rows, 1),
+                                   dtype=np.float32, compressors=_compressors(4), fill_value=float("nan"),
+                                   dimension_names=["token", "scale"],
+                                   attributes={"hook": spec.hook, "layer": spec.layer, "actcache_dtype": "float32"})
             group.create_array(
                 activation_name(spec.hook, spec.layer),
                 shape=(n_tokens, spec.width),
                 chunks=(rows, spec.width),
-                dtype=storage_dtype(dtype),
-                compressors=_compressors(storage_dtype(dtype).itemsize),
-                fill_value=fill_value(dtype),
+                dtype=stored,
+                compressors=_compressors(stored.itemsize),
+                fill_value=fill,
                 dimension_names=["token", spec.feature_dim],
-                attributes={"hook": spec.hook, "layer": spec.layer, "actcache_dtype": dtype, **spec.attrs},
+                attributes={"hook": spec.hook, "layer": spec.layer, "actcache_dtype": dtype, **extra, **spec.attrs},
             )
+
+    def _lossy(self, hook: str) -> bool:
+        """Whether `hook`'s arrays hold lossy codes (integer ids, e.g. router experts, are always exact)."""
+        return self.fingerprint.capture.store_as != "exact" and not is_integer_hook(hook)
 
     def segment_writer(self, segment_id: str, names: Sequence[str] | None = None, **options: int) -> SegmentWriter:
         """A writer for `names` (default: every activation array) of a begun segment."""
@@ -173,6 +190,8 @@ class CacheWriter:
                manifests: Sequence[ArrayManifest]) -> bool:
         """Publish a unit, last and atomically; False when the same unit was committed by someone else first."""
         expected = {activation_name(s.hook, s.layer) for s in self.array_specs()}
+        if is_scaled(self.fingerprint.capture.store_as):  # SegmentWriter writes a scaled array's scales beside it
+            expected |= {scale_name(s.hook, s.layer) for s in self.array_specs() if self._lossy(s.hook)}
         written = {m.name for m in manifests}
         if written != expected:
             missing = sorted(expected - written)

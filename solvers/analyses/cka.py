@@ -24,7 +24,8 @@ __all__ = ["ExactCKA", "MinibatchCKA", "exact_bytes", "unbiased_hsic"]
 
 
 def exact_bytes(n_layers: int, width: int) -> int:
-    """Memory of the exact accumulator: the (L d)^2 float64 cross-product, twice while it is corrected."""
+    """Memory of the exact accumulator: the (L d)^2 float64 cross-product, doubled as headroom for the batch and
+    block temporaries."""
     return 2 * 8 * (n_layers * width) ** 2
 
 

@@ -73,34 +73,34 @@ def token_moments(reader: CacheReader, hook: str, layer: int, docs: Sequence[Doc
     return Standardizer(shift + mean, np.where(std > 1e-12 * (1.0 + np.abs(shift + mean)), std, 1.0))
 
 
+def _windows(reader: CacheReader, hook: str, layer: int, docs: Sequence[DocTargets], scaler: Standardizer,
+             rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x [>= rows, d] float32 standardised, y) of consecutive labelled tokens in storage order (the last window
+    may be shorter): the only tokens held at a time."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    held = 0
+    for targets, block in labelled_rows(reader, hook, layer, docs):
+        keep = np.isfinite(targets.y)
+        xs.append(scaler(block[keep]))
+        ys.append(targets.y[keep])
+        held += int(keep.sum())
+        if held >= rows:
+            yield np.concatenate(xs), np.concatenate(ys)
+            xs, ys, held = [], [], 0
+    if held:
+        yield np.concatenate(xs), np.concatenate(ys)
+
+
 def _shuffled(reader: CacheReader, hook: str, layer: int, docs: Sequence[DocTargets], scaler: Standardizer,
               settings: FitSettings, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Minibatches (x [b, d] float32 standardised, y [b]) of labelled tokens, shuffled within a window of
-    `shuffle_bytes` (consecutive windows of the storage-order stream, each permuted by the seeded `rng`)."""
-    window_x: list[np.ndarray] = []
-    window_y: list[np.ndarray] = []
-    held = 0
-    limit = None
-
-    def flush() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        x, y = np.concatenate(window_x), np.concatenate(window_y)
+    """Minibatches of labelled tokens, each window of `shuffle_bytes` permuted by the seeded `rng`."""
+    rows = max(settings.batch_size, settings.shuffle_bytes // (4 * reader.width(hook)))
+    for x, y in _windows(reader, hook, layer, docs, scaler, rows):
         order = rng.permutation(len(x))
         for a in range(0, len(x), settings.batch_size):
             pick = order[a:a + settings.batch_size]
             yield x[pick], y[pick]
-
-    for targets, rows in labelled_rows(reader, hook, layer, docs):
-        keep = np.isfinite(targets.y)
-        if limit is None:
-            limit = max(settings.batch_size, settings.shuffle_bytes // (4 * rows.shape[1]))
-        window_x.append(scaler(rows[keep]))
-        window_y.append(targets.y[keep])
-        held += int(keep.sum())
-        if held >= limit:
-            yield from flush()
-            window_x, window_y, held = [], [], 0
-    if held:
-        yield from flush()
 
 
 def _batches(reader: CacheReader, hook: str, layer: int, docs: Sequence[DocTargets], scaler: Standardizer,
@@ -108,25 +108,10 @@ def _batches(reader: CacheReader, hook: str, layer: int, docs: Sequence[DocTarge
     """(x [b, d + 1] float64 standardised with a ones column, y [b]) on the device, in storage order."""
     import torch
 
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    held = 0
-
-    def emit() -> tuple[Any, Any]:
-        x = torch.from_numpy(np.concatenate(xs)).to(settings.device, torch.float64)
+    for x_np, y_np in _windows(reader, hook, layer, docs, scaler, settings.batch_size):
+        x = torch.from_numpy(x_np).to(settings.device, torch.float64)
         ones = torch.ones(len(x), 1, dtype=torch.float64, device=settings.device)
-        return torch.cat([x, ones], dim=1), torch.from_numpy(np.concatenate(ys)).to(settings.device)
-
-    for targets, rows in labelled_rows(reader, hook, layer, docs):
-        keep = np.isfinite(targets.y)
-        xs.append(scaler(rows[keep]))
-        ys.append(targets.y[keep])
-        held += int(keep.sum())
-        if held >= settings.batch_size:
-            yield emit()
-            xs, ys, held = [], [], 0
-    if held:
-        yield emit()
+        yield torch.cat([x, ones], dim=1), torch.from_numpy(y_np).to(settings.device)
 
 
 def _penalty(dim: int, l2: float, device: str) -> Any:
@@ -178,7 +163,7 @@ def _logistic(make_batches: Any, dim: int, base_rate: float, settings: FitSettin
     loss, grad, hess, n = evaluate(w)
     for _ in range(settings.max_iter):
         step = torch.linalg.solve(hess, grad)
-        for _halving in range(30):
+        for _halving in range(10):
             new_loss, new_grad, new_hess, _ = evaluate(w - step)
             if new_loss <= loss:
                 break

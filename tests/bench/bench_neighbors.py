@@ -28,7 +28,6 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     import torch
-
     from actcache.solvers.analyses.neighbors import nearest_neighbors
 
     rng = np.random.default_rng(0)

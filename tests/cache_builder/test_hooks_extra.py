@@ -108,3 +108,15 @@ def test_hooks_on_the_wrong_layers_are_refused_before_the_cache_exists(
 def test_smollm2_dense_hooks_match_plain_forward(smollm2_dir: Path, tmp_path: Path) -> None:
     cache_path = _build(smollm2_dir, tmp_path, DENSE_HOOKS, "0,15")
     _assert_matches_reference(cache_path, smollm2_dir, [0, 15])
+
+
+def test_capture_itself_refuses_a_hook_the_layer_lacks(tiny_moe_dir: Path, tiny_llama_dir: Path) -> None:
+    """The module check behind the config check: a MoE layer has no dense down_proj, a dense layer no router."""
+    from actcache.cache_builder.capture import record_activations
+    from actcache.cache_builder.model_source import load_model, resolve_model
+
+    for model_dir, hook in ((tiny_moe_dir, "mlp_act"), (tiny_llama_dir, "router_weights")):
+        layer = load_model(resolve_model(str(model_dir)), "float32").model.layers[2]
+        with pytest.raises(BuildSettingsError, match=f"layer 2 has no mlp.* for {hook}"):
+            with record_activations({2: layer}, [hook]):
+                pass

@@ -15,11 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["S3Server", "running_s3_server", "S3_TEST_ENV"]
+import pytest
+
+__all__ = ["S3Server", "running_s3_server", "S3_TEST_ENV", "s3_server", "s3_url"]
 
 # Credentials moto accepts (any); the region is required by the clients.
 S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
@@ -90,3 +93,28 @@ def running_s3_server(timeout_s: float = 30.0) -> Iterator[S3Server]:
                 process.wait()
         return
     raise RuntimeError("moto's server did not start on any of three free ports")
+
+
+# Fixtures (imported by tests/storage/conftest.py)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto server for the whole run (~1.5 s to start); each test gets its own bucket (`s3_url`)."""
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<bucket>` of a new empty bucket, with the standard AWS_* variables pointing at the test server.
+
+    Keys are always set, so no client ever falls back to a profile or an instance-metadata endpoint.
+    """
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    s3_server.create_bucket(bucket)
+    return f"s3://{bucket}"

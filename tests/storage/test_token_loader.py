@@ -237,3 +237,24 @@ def test_stats_command_matches_numpy_over_the_whole_cache(cache: WrittenCache, t
     assert sampled["tokens"] == 2401  # the moments still use every token
     median = np.quantile(np.linalg.norm(expected["resid_post.3"], axis=1), 0.5)
     assert abs(sampled["norm_quantiles"]["0.5"] - median) < 0.1 * median
+
+
+def test_stats_refuse_non_finite_values(tmp_path: Path) -> None:
+    from actcache.storage import DocRecord
+    from actcache.storage.activation_stats import activation_stats
+    from actcache.storage.errors import NonFiniteError
+
+    writer = CacheWriter.open(tmp_path / "nan", make_fingerprint(layers=(0,)))
+    docs = [DocRecord("clean", 5, {"source": "a.txt"}), DocRecord("broken", 4, {"source": "b.txt"})]
+    segment = writer.begin_segment("u", docs, np.zeros(9, dtype=np.int64))
+    seg_writer = writer.segment_writer(segment)
+    for name, width in (("resid_post/layer_0", 16), ("attn_z/layer_0", 12)):
+        rows = np.ones((9, width), np.float32)
+        if name.startswith("attn_z"):
+            rows[7, 3] = np.inf
+        seg_writer.append(name, rows)
+    assert writer.commit("u", segment, docs, seg_writer.close())
+    reader = open_cache(tmp_path / "nan")
+    assert activation_stats(reader, ("resid_post",), (0,))["arrays"]["resid_post.0"]["mean"] == [1.0] * 16
+    with pytest.raises(NonFiniteError, match="attn_z.0: NaN/inf values in 1 token.*broken"):
+        activation_stats(reader, ("resid_post", "attn_z"), (0,))

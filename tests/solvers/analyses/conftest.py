@@ -29,7 +29,8 @@ def _layer_rows(rng: np.random.Generator, n: int, concept_of_row: np.ndarray) ->
     return rows
 
 
-def write_layered_cache(path: Path, n_docs: int = 48, seed: int = 0) -> Path:
+def write_layered_cache(path: Path, n_docs: int = 48, seed: int = 0, nan_row: int | None = None) -> Path:
+    """The planted cache; `nan_row` (a token row of the first unit) gets a NaN in every resid_post layer."""
     from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
     from actcache.storage.layout import activation_name
 
@@ -52,6 +53,8 @@ def write_layered_cache(path: Path, n_docs: int = 48, seed: int = 0) -> Path:
         segment = writer.begin_segment(f"unit{unit}", docs, rng.integers(0, 100, total))
         seg_writer = writer.segment_writer(segment)
         for (hook, layer), rows in _layer_rows(rng, total, concept_of_row).items():
+            if nan_row is not None and unit == 0 and hook == "resid_post":
+                rows[nan_row, 0] = np.nan
             seg_writer.append(activation_name(hook, layer), rows)
         assert writer.commit(f"unit{unit}", segment, docs, seg_writer.close())
     return path

@@ -1,0 +1,182 @@
+"""Lossy storage modes (`build --store-as`): the one place for their maths, used by writers and every reader.
+
+- `exact` (default): values in the compute dtype, bit for bit.
+- `bfloat16`: float32 rounded to bfloat16 (round to nearest even, as torch does), stored as uint16 bits.
+- `fp8`: float8_e4m3fn codes (uint8 bits) of `x / scale`, one float32 scale per token row, `scale = absmax / 448`
+  (the largest e4m3fn value), rounded to nearest even as torch's `x.to(torch.float8_e4m3fn)` does.
+- `int8`: symmetric codes `rint(x / scale)` in [-127, 127], `scale = absmax / 127`: |x - code * scale| <= scale / 2.
+
+Scaled modes keep their scales in a float32 side array `<hook>.scale/layer_<L>` of shape [tokens, 1], chunked like
+the codes. Readers get `codes * scale` in float32. A writer measures, per token row, the relative L2 error and
+the cosine of what readers will get against the exact values it was handed; `summarize` keeps them with each
+commit record and `combine` aggregates them over commits (`actcache info`). Numpy only: storage needs no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .store_modes import STORE_MODES
+
+__all__ = ["STORE_MODES", "check_mode", "is_scaled", "code_dtype", "code_dtype_name", "read_dtype", "scale_name",
+           "encode", "decode", "row_errors", "summarize", "combine", "DequantizedArray"]
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+INT8_MAX = 127
+_SCALED = {"fp8": FP8_MAX, "int8": float(INT8_MAX)}
+_CODES = {"bfloat16": ("uint16", "bfloat16"), "fp8": ("uint8", "float8_e4m3fn"), "int8": ("int8", "int8")}
+FP8_NAN = 0x7F
+
+
+def _fp8_table() -> np.ndarray:
+    """float32 value of each of the 256 float8_e4m3fn codes: sign, 4 exponent bits (bias 7), 3 mantissa bits;
+    exponent 0 is subnormal, 0x7F/0xFF are NaN, there is no infinity."""
+    codes = np.arange(256)
+    exponent, mantissa = (codes >> 3) & 0xF, codes & 0x7
+    magnitude = np.where(exponent == 0, mantissa / 8 * 2.0 ** -6, (1 + mantissa / 8) * 2.0 ** (exponent - 7))
+    values = np.where(codes & 0x80, -magnitude, magnitude).astype(np.float32)
+    values[(codes & 0x7F) == FP8_NAN] = np.nan
+    return values
+
+
+_FP8_VALUES = _fp8_table()
+_FP8_POSITIVE = _FP8_VALUES[:FP8_NAN]  # codes 0..126: every finite non-negative value, ascending
+
+
+def check_mode(mode: str) -> str:
+    if mode not in STORE_MODES:
+        raise ValueError(f"unknown storage mode {mode!r}: use one of {', '.join(STORE_MODES)}")
+    return mode
+
+
+def is_scaled(mode: str) -> bool:
+    """Whether the mode keeps a per-token scale array beside its codes."""
+    return check_mode(mode) in _SCALED
+
+
+def code_dtype(mode: str) -> np.dtype:
+    """numpy dtype of a lossy mode's stored codes."""
+    return np.dtype(_CODES[mode][0])
+
+
+def code_dtype_name(mode: str) -> str:
+    """The true dtype of a lossy mode's codes (the arrays' `actcache_dtype` attribute)."""
+    return _CODES[mode][1]
+
+
+def read_dtype(mode: str, compute_dtype: str) -> str:
+    """The dtype readers hold rows in before any widening: the compute dtype (exact), bfloat16, or float32 (scaled
+    modes decode straight to float32)."""
+    if check_mode(mode) == "exact":
+        return compute_dtype
+    return "bfloat16" if mode == "bfloat16" else "float32"
+
+
+def scale_name(hook: str, layer: int) -> str:
+    """Path of the per-token scale array of (hook, layer) inside a segment (beside `<hook>/layer_<L>`)."""
+    return f"{hook}.scale/layer_{layer}"
+
+
+def _round_fp8(y: np.ndarray) -> np.ndarray:
+    """float32 -> float8_e4m3fn bits, round to nearest, ties to the even code (= even mantissa); |y| <= 448."""
+    magnitude = np.abs(y)
+    hi = np.minimum(np.searchsorted(_FP8_POSITIVE, magnitude), FP8_NAN - 1)
+    lo = np.maximum(hi - 1, 0)
+    below, above = magnitude - _FP8_POSITIVE[lo], _FP8_POSITIVE[hi] - magnitude
+    code = np.where((above < below) | ((above == below) & (hi % 2 == 0)), hi, lo).astype(np.uint8)
+    code |= np.signbit(y).astype(np.uint8) << 7
+    code[np.isnan(y)] = FP8_NAN
+    return code
+
+
+def _bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN), as torch rounds."""
+    bits = x.view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    rounded[np.isnan(x)] = 0x7FC0
+    return rounded
+
+
+def encode(exact: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """[n, width] float32 -> (codes [n, width], scales [n, 1] float32 or None for bfloat16).
+
+    A row of zeros gets scale 0 (codes 0); a row with NaN/inf gets a non-finite scale, so it decodes non-finite
+    and readers' `check_finite` refuses it, as in an exact cache.
+    """
+    x = np.ascontiguousarray(exact, dtype=np.float32)
+    if mode == "bfloat16":
+        return _bfloat16_bits(x), None
+    top = _SCALED[mode]
+    with np.errstate(invalid="ignore"):
+        scales = (np.max(np.abs(x), axis=1, keepdims=True) / np.float32(top)).astype(np.float32)  # [n, 1]
+        y = x / np.where(scales == 0, np.float32(1), scales)
+    if mode == "fp8":
+        return _round_fp8(y), scales
+    return np.clip(np.rint(np.nan_to_num(y)), -INT8_MAX, INT8_MAX).astype(np.int8), scales
+
+
+def decode(codes: np.ndarray, scales: np.ndarray | None, mode: str) -> np.ndarray:
+    """Stored codes (and scales) -> float32 values, what every reader returns."""
+    if mode == "bfloat16":
+        return (codes.astype(np.uint32) << 16).view(np.float32)
+    assert scales is not None, f"{mode} codes need their scales"
+    values = _FP8_VALUES[codes] if mode == "fp8" else codes.astype(np.float32)
+    return values * scales.astype(np.float32, copy=False)
+
+
+def row_errors(exact: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per finite token row: relative L2 error |x' - x| / |x| and cosine(x, x') (float64; a zero row decoded as
+    zeros has error 0 and cosine 1)."""
+    finite = np.isfinite(exact).all(axis=1)
+    x, y = exact[finite].astype(np.float64), decoded[finite].astype(np.float64)
+    nx, ny, err = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1), np.linalg.norm(y - x, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(nx > 0, err / nx, np.where(err > 0, np.inf, 0.0))
+        cosine = np.where((nx > 0) & (ny > 0), np.einsum("ij,ij->i", x, y) / (nx * ny),
+                          np.where((nx == 0) & (ny == 0), 1.0, 0.0))
+    return rel, cosine
+
+
+def summarize(rel: np.ndarray, cosine: np.ndarray, non_finite: int) -> dict[str, Any]:
+    """One array's error record for a commit: over its finite token rows, rel. L2 error mean/p99/max and cosine
+    min/mean; `non_finite_tokens` rows were not measured. p99 is a measured row's value (numpy's `higher`), so
+    that fewer than 1% of rows lie above it, which `combine` relies on."""
+    if len(rel) == 0:
+        return {"tokens": 0, "non_finite_tokens": non_finite}
+    return {"tokens": len(rel), "non_finite_tokens": non_finite,
+            "rel_l2_mean": float(rel.mean()), "rel_l2_p99": float(np.percentile(rel, 99, method="higher")),
+            "rel_l2_max": float(rel.max()), "cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean())}
+
+
+def combine(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several commits' records of one array as one: means weighted by tokens, extremes of extremes, and for p99
+    the largest unit p99 (an upper bound of the whole cache's p99: no unit has more than 1% of rows above it)."""
+    measured = [s for s in summaries if s["tokens"]]
+    out: dict[str, Any] = {"tokens": sum(s["tokens"] for s in summaries),
+                           "non_finite_tokens": sum(s["non_finite_tokens"] for s in summaries)}
+    if not measured:
+        return out
+    weights = np.asarray([s["tokens"] for s in measured], dtype=np.float64)
+    for key in ("rel_l2_mean", "cosine_mean"):
+        out[key] = float(np.average([s[key] for s in measured], weights=weights))
+    out["rel_l2_p99"] = max(s["rel_l2_p99"] for s in measured)
+    out["rel_l2_max"] = max(s["rel_l2_max"] for s in measured)
+    out["cosine_min"] = min(s["cosine_min"] for s in measured)
+    return out
+
+
+class DequantizedArray:
+    """A scaled array's codes and scales read together as float32 rows: `array[a:b]`, `.shape`, `.chunks`,
+    `.dtype`, the part of zarr's array interface that readers use."""
+
+    def __init__(self, codes: Any, scales: Any, mode: str) -> None:
+        self.codes, self.scales, self.mode = codes, scales, mode
+        self.shape: tuple[int, ...] = tuple(codes.shape)
+        self.chunks: tuple[int, ...] = tuple(codes.chunks)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return decode(np.asarray(self.codes[rows]), np.asarray(self.scales[rows]), self.mode)

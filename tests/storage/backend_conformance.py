@@ -1,0 +1,130 @@
+"""What every storage backend must do, written once (as zarr's testing/store.py `StoreTests`).
+
+A backend's test class subclasses `BackendConformance` and supplies one fixture, `root_url`: an empty location
+(a folder, a bucket) under which the tests open backends with `open_backend`. Every test here then runs on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from actcache.storage.backends import StorageBackend, open_backend
+from actcache.storage.errors import CacheError
+from create_race import CreateFn, check_one_winner_each, race_to_create
+
+__all__ = ["BackendConformance"]
+
+
+def _backend_create(url: str) -> CreateFn:
+    """The race's writer: one backend per process, as separate builders would have."""
+    return open_backend(url).put_if_absent
+
+
+class BackendConformance:
+    @pytest.fixture
+    def root_url(self) -> str:
+        raise NotImplementedError("a backend's test class provides `root_url`: an empty folder or bucket URL")
+
+    @pytest.fixture
+    def backend(self, root_url: str) -> StorageBackend:
+        return open_backend(f"{root_url}/cache")
+
+    def test_put_then_get_returns_the_same_bytes(self, backend: StorageBackend) -> None:
+        data = bytes(range(256)) * 5
+        backend.put("commits/000001.json", data)
+        backend.put("empty", b"")
+        assert backend.get("commits/000001.json") == data
+        assert backend.get("empty") == b""
+        assert backend.size("commits/000001.json") == len(data)
+        assert backend.size("empty") == 0
+
+    def test_missing_objects_are_file_not_found(self, backend: StorageBackend) -> None:
+        backend.put("a/b", b"x")
+        for key in ("nothing", "a", "a/b/c"):
+            with pytest.raises(FileNotFoundError):
+                backend.get(key)
+            with pytest.raises(FileNotFoundError):
+                backend.size(key)
+
+    def test_put_replaces(self, backend: StorageBackend) -> None:
+        backend.put("k", b"old")
+        backend.put("k", b"new, and longer")
+        assert backend.get("k") == b"new, and longer"
+
+    def test_put_if_absent_creates_once_and_keeps_the_first(self, backend: StorageBackend) -> None:
+        assert backend.put_if_absent("claims/doc-7.json", b"first") is True
+        assert backend.put_if_absent("claims/doc-7.json", b"second") is False
+        assert backend.get("claims/doc-7.json") == b"first"
+        backend.put("existing", b"by put")
+        assert backend.put_if_absent("existing", b"create") is False
+        assert backend.get("existing") == b"by put"
+
+    def test_list_prefix_is_a_sorted_string_prefix(self, backend: StorageBackend) -> None:
+        keys = ["ab", "a/bc", "a/b/c", "a/b/d/e", "a/x.json", "z"]
+        for key in keys:
+            backend.put(key, key.encode())
+        assert backend.list_prefix("") == sorted(keys)
+        assert backend.list_prefix("a/b") == ["a/b/c", "a/b/d/e", "a/bc"]
+        assert backend.list_prefix("a/b/") == ["a/b/c", "a/b/d/e"]
+        assert backend.list_prefix("a") == ["a/b/c", "a/b/d/e", "a/bc", "a/x.json", "ab"]
+        assert backend.list_prefix("a/x") == ["a/x.json"]
+        assert backend.list_prefix("nothing/") == []
+        assert backend.list_prefix("a/y") == []
+
+    def test_delete_removes_and_deleting_again_is_fine(self, backend: StorageBackend) -> None:
+        backend.put("seg/1/c/0", b"chunk")
+        backend.delete("seg/1/c/0")
+        backend.delete("seg/1/c/0")
+        backend.delete("never-there")
+        assert backend.list_prefix("seg/") == []
+        with pytest.raises(FileNotFoundError):
+            backend.get("seg/1/c/0")
+        assert backend.put_if_absent("seg/1/c/0", b"again") is True
+
+    @pytest.mark.parametrize("key", ["", "/a", "a/", "a//b", "../escape", "a/./b", "a/../b", "a\\b"])
+    def test_keys_that_could_mean_two_things_are_refused(self, backend: StorageBackend, key: str) -> None:
+        with pytest.raises(CacheError, match="invalid storage key"):
+            backend.put(key, b"x")
+        with pytest.raises(CacheError, match="invalid storage key"):
+            backend.put_if_absent(key, b"x")
+        with pytest.raises(CacheError, match="invalid storage key"):
+            backend.get(key)
+
+    def test_sibling_roots_do_not_see_each_other(self, root_url: str) -> None:
+        """`cache` and `cache2` share a string prefix: neither may list or read the other's objects."""
+        first, second = open_backend(f"{root_url}/cache"), open_backend(f"{root_url}/cache2")
+        first.put("k", b"1")
+        second.put("k", b"2")
+        assert first.list_prefix("") == ["k"] and second.list_prefix("") == ["k"]
+        assert (first.get("k"), second.get("k")) == (b"1", b"2")
+        assert open_backend(root_url).list_prefix("") == ["cache/k", "cache2/k"]
+
+    def test_url_reopens_the_same_objects(self, backend: StorageBackend) -> None:
+        backend.put("header.json", b"{}")
+        assert open_backend(backend.url).get("header.json") == b"{}"
+
+    def test_zarr_store_round_trips_an_array_and_readers_cannot_write(self, backend: StorageBackend) -> None:
+        import zarr
+
+        values = np.arange(6 * 5, dtype="uint16").reshape(6, 5)
+        array = zarr.create_array(
+            backend.zarr_store("seg-1", read_only=False),
+            name="resid_post.3",
+            shape=values.shape,
+            chunks=(4, 5),
+            dtype="uint16",
+        )
+        array[:] = values
+        reader = zarr.open_array(backend.zarr_store("seg-1"), path="resid_post.3", mode="r")
+        np.testing.assert_array_equal(reader[:], values)
+        assert {"seg-1/resid_post.3/zarr.json", "seg-1/resid_post.3/c/0/0", "seg-1/resid_post.3/c/1/0"} <= set(
+            backend.list_prefix("seg-1/")
+        )
+        with pytest.raises(ValueError, match="read.only|read-only"):
+            zarr.open_array(backend.zarr_store("seg-1"), path="resid_post.3", mode="r+")[:] = 0
+        np.testing.assert_array_equal(reader[:], values)
+
+    def test_put_if_absent_has_one_winner_across_processes(self, backend: StorageBackend) -> None:
+        """4 writer processes race for each of 20 keys: one wins each, the others learn they lost."""
+        outcomes = race_to_create(_backend_create, backend.url, writers=4, rounds=20)
+        check_one_winner_each(outcomes, backend.get)
