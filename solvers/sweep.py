@@ -13,7 +13,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class SweepResult:
     heldout: dict[str, dict[int, dict[str, float | None]]]  # variant -> layer -> mean auroc / balanced accuracy
     seconds: float
     notes: tuple[str, ...] = field(default=())  # warnings (e.g. a pooling dominated by one position)
+    memory: dict[str, int | None] = field(default_factory=dict)  # the memory plan (MemoryPlan.to_dict)
 
     def summary(self) -> str:
         return (f"swept {len(self.variants)} variants x {len(self.layers)} layer(s) x {len(self.concepts)} "
@@ -106,8 +107,9 @@ def sweep_cache(cache_path: str | os.PathLike[str], out_dir: str | os.PathLike[s
     inputs = open_run(cache_path, out_dir, settings)
     run = plan_run(inputs, settings, settings.poolings, settings.methods)
     per_layer, notes = run_layers(run, lambda variants, executor: variants)
-    return _write(inputs.out, per_layer, inputs.labels.concepts, [str(p) for p in run.poolings], run.methods, notes,
-                  time.perf_counter() - started, settings)
+    result = _write(inputs.out, per_layer, inputs.labels.concepts, [str(p) for p in run.poolings], run.methods,
+                    notes, time.perf_counter() - started, settings)
+    return replace(result, memory=run.memory.to_dict())
 
 
 def _write(out: Path, per_layer: dict[int, LayerVariants], concepts: tuple[str, ...], poolings: list[str],

@@ -43,7 +43,6 @@ def _fp8_table() -> np.ndarray:
 
 
 _FP8_VALUES = _fp8_table()
-_FP8_POSITIVE = _FP8_VALUES[:FP8_NAN]  # codes 0..126: every finite non-negative value, ascending
 
 
 def check_mode(mode: str) -> str:
@@ -81,12 +80,17 @@ def scale_name(hook: str, layer: int) -> str:
 
 
 def _round_fp8(y: np.ndarray) -> np.ndarray:
-    """float32 -> float8_e4m3fn bits, round to nearest, ties to the even code (= even mantissa); |y| <= 448."""
+    """float32 -> float8_e4m3fn bits, round to nearest even as torch does; |y| <= 448 (larger saturates to 448).
+
+    Normal range (|y| >= 2^-6): the float32 mantissa rounded to 3 bits (a carry moves the exponent), exponent
+    rebiased from 127 to 7. Below it the subnormals m * 2^-9, m = rint(|y| * 2^9) in 0..8 (8 is 2^-6, code 8).
+    """
     magnitude = np.abs(y)
-    hi = np.minimum(np.searchsorted(_FP8_POSITIVE, magnitude), FP8_NAN - 1)
-    lo = np.maximum(hi - 1, 0)
-    below, above = magnitude - _FP8_POSITIVE[lo], _FP8_POSITIVE[hi] - magnitude
-    code = np.where((above < below) | ((above == below) & (hi % 2 == 0)), hi, lo).astype(np.uint8)
+    bits = magnitude.view(np.uint32)
+    rounded = (bits + (0x7FFFF + ((bits >> 20) & 1))) >> 20  # exponent and 3 mantissa bits, rounded
+    normal = rounded.astype(np.int64) - ((127 - 7) << 3)
+    subnormal = np.rint(magnitude * np.float32(2 ** 9)).astype(np.int64)
+    code = np.where(magnitude < np.float32(2 ** -6), subnormal, np.clip(normal, 0, FP8_NAN - 1)).astype(np.uint8)
     code |= np.signbit(y).astype(np.uint8) << 7
     code[np.isnan(y)] = FP8_NAN
     return code

@@ -266,7 +266,8 @@ class CacheReader:
         shuffled read is served by worker 0 alone, since every batch of a window needs all of its units).
         `rank`/`world_size` give each rank the same number of batches (at most world_size - 1 dropped, none
         repeated); `where` filters documents by label (as `pooled`); `positions` keeps token positions `k:` (an
-        int) or a slice of each document; `dtype` is float32 or the cache's own dtype. `state_dict()` /
+        int) or a slice of each document; `dtype` is float32 or the stored dtype (the cache's, or bfloat16 for
+        `--store-as bfloat16`; fp8/int8 caches decode to float32). `state_dict()` /
         `load_state_dict()` resume mid-epoch exactly (storage/token_loader.py).
         """
         from .token_loader import TokenDataset

@@ -73,9 +73,9 @@ class SegmentWriter:
         self._scales: dict[str, _ArrayStream] = {}  # array name -> its per-token scales (scaled lossy modes)
         for name in names:
             scales = self._streams[name].array.attrs.get("actcache_scale")
-            if scales is not None:
-                self._scales[name] = self._streams[scales] = _ArrayStream(child_array(group, str(scales)),
-                                                                          folder / str(scales), "float32")
+            if isinstance(scales, str):
+                self._scales[name] = self._streams[scales] = _ArrayStream(child_array(group, scales),
+                                                                          folder / scales, "float32")
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []

@@ -20,9 +20,9 @@ from actcache.cache_builder.model_source import (
     ModelError,
     ResolvedModel,
     head_shape,
-    hook_widths,
     load_model,
     load_tokenizer,
+    model_dims,
     model_fingerprint,
     num_layers,
     resolve_model,
@@ -30,6 +30,7 @@ from actcache.cache_builder.model_source import (
     weight_files,
 )
 from actcache.cache_builder.tokenizer_training import train_tokenizer
+from actcache.storage.hook_points import hook_widths
 from safetensors import safe_open
 
 
@@ -144,17 +145,23 @@ def test_fingerprints_are_stable_location_free_and_content_sensitive(
     assert tok["special_tokens"]["bos_token"] == "<|bos|>"
 
 
+def _widths(config: object) -> dict[str, int]:
+    return hook_widths(("resid_post", "attn_z"), model_dims(config))  # type: ignore[arg-type]
+
+
 def test_hook_widths_and_head_shape() -> None:
     llama = load_model_spec("tiny-llama").config
-    assert hook_widths(llama) == {"resid_post": 64, "attn_z": 64} and head_shape(llama) == (4, 16)
+    assert _widths(llama) == {"resid_post": 64, "attn_z": 64} and head_shape(llama) == (4, 16)
+    assert model_dims(llama)["top_k"] == 0
     shape235 = load_model_spec("tiny-qwen3-moe-235b-shape").config
     assert num_layers(shape235) == 94 and head_shape(shape235) == (64, 4)
-    assert hook_widths(shape235) == {"resid_post": 16, "attn_z": 256}
+    assert _widths(shape235) == {"resid_post": 16, "attn_z": 256}
+    assert model_dims(shape235)["top_k"] == 8
     no_head_dim = {k: v for k, v in load_model_spec("smollm2-135m").config.items() if k != "head_dim"}
-    assert head_shape(no_head_dim) == (9, 64) and hook_widths(no_head_dim)["attn_z"] == 576
+    assert head_shape(no_head_dim) == (9, 64) and _widths(no_head_dim)["attn_z"] == 576
     from transformers import AutoConfig
 
-    assert hook_widths(AutoConfig.for_model("llama", hidden_size=96, num_attention_heads=3)) == {
+    assert _widths(AutoConfig.for_model("llama", hidden_size=96, num_attention_heads=3)) == {
         "resid_post": 96,
         "attn_z": 96,
     }
@@ -225,7 +232,7 @@ def test_smollm2_conversion_answers_paris(smollm2_dir: Path) -> None:
     m = resolve_model("smollm2-135m")
     assert m.path == smollm2_dir and len(weight_files(m)) >= 3
     model, tokenizer = load_model(m), load_tokenizer(m)
-    assert model.config.num_hidden_layers == 30 and hook_widths(model.config) == {"resid_post": 576, "attn_z": 576}
+    assert model.config.num_hidden_layers == 30 and _widths(model.config) == {"resid_post": 576, "attn_z": 576}
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         next_id = model(ids).logits[0, -1].argmax()  # greedy

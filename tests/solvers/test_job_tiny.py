@@ -142,6 +142,21 @@ def test_sweep_reads_each_stream_once_and_matches_the_reference(tiny_caches, tmp
     assert all(result.heldout[v][3]["auroc"] is not None for v in result.variants)
 
 
+def test_solve_is_a_sweep_with_one_variant(tiny_caches, tmp_path):
+    """One setup path and one memory formula: the same (pooling, methods) under the same budget plan alike."""
+    cache_path, _ = tiny_caches["llama"]
+    common = {"layers": "1,3", "labels": LabelSpec(split_field="split"), "max_memory": 200 * 2**20}
+    solved = solve_cache(cache_path, tmp_path / "solve", SolveSettings(
+        methods=("caa", "subspace"), aggregators=("pca",), pooling="mean-skip:1", **common))
+    swept = sweep_cache(cache_path, tmp_path / "sweep", SweepSettings(
+        poolings=("mean-skip:1",), methods=("caa", "subspace", "pca"), **common))
+    assert {k: v for k, v in solved.memory.items() if k != "subspace_passes"} == swept.memory
+    for method in ("caa", "subspace", "pca"):
+        a = read_readout(tmp_path / "solve", method).vectors
+        b = read_readout(tmp_path / "sweep" / "variants" / variant_name(method, "mean-skip:1")).vectors
+        assert all(np.array_equal(a[layer].numpy(), b[layer].numpy()) for layer in LAYERS)
+
+
 def test_small_sweep_prints_the_full_cosine_matrix(tiny_caches, tmp_path):
     cache_path, _ = tiny_caches["llama"]
     result = sweep_cache(cache_path, tmp_path / "sweep", SweepSettings(methods=("caa", "pca"), layers="3"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from actcache.cache_builder.build import BuildSettings, build_cache
 from actcache.storage import CacheWriter, FingerprintMismatchError, open_cache, verify_cache
+from actcache.storage.cli import format_info
 from actcache.storage.lossy import decode, encode, scale_name
 from storage_fixtures import WIDTHS, WrittenCache, make_fingerprint, write_unit
 
@@ -69,9 +70,9 @@ def test_int8_stays_within_half_a_scale_of_every_value():
     assert (decode(codes, scales, "int8")[3] == 0).all()
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_every_reader_path_returns_the_decoded_rows(tmp_path, mode):
-    fp = make_fingerprint()
+@pytest.mark.parametrize(("mode", "compute"), [(m, "float32") for m in MODES] + [("fp8", "bfloat16")])
+def test_every_reader_path_returns_the_decoded_rows(tmp_path, mode, compute):
+    fp = make_fingerprint(compute)
     fp = dataclasses.replace(fp, capture=dataclasses.replace(fp.capture, store_as=mode))
     out = WrittenCache(tmp_path / "c", [], {}, {})
     with CacheWriter.open(out.path, fp) as writer:
@@ -81,7 +82,9 @@ def test_every_reader_path_returns_the_decoded_rows(tmp_path, mode):
     cache = open_cache(out.path)
     assert cache.store_as == mode
     docs = cache.documents()
-    expected = {k: decode(*encode(v, mode), mode) for k, v in out.values.items()}
+    exact = {k: (v.astype(np.uint32) << 16).view(np.float32) if compute == "bfloat16" else v  # bf16 bits widened
+             for k, v in out.values.items()}
+    expected = {k: decode(*encode(v, mode), mode) for k, v in exact.items()}
     for (hook, layer, key), rows in expected.items():
         assert np.array_equal(cache.activations(hook, layer, key), rows)
         assert np.array_equal(cache.activations(hook, layer, key, span=(1, 3)), rows[1:3])
@@ -102,8 +105,10 @@ def test_every_reader_path_returns_the_decoded_rows(tmp_path, mode):
         assert next(iter(cache.tokens(dtype="bfloat16", batch_size=64)))["resid_post.1"].dtype == torch.bfloat16
     assert verify_cache(out.path).ok
     info = cache.info()
-    assert info["activation_bytes_raw"] == sum(v.nbytes for v in out.values.values())  # float32: the exact size
+    assert info["activation_bytes_raw"] == sum(v.nbytes for v in out.values.values())  # the compute dtype's size
     assert set(info["lossy_error"]) == {f"{h}/layer_{layer}" for h in WIDTHS for layer in (1, 3)}
+    text = format_info(info)
+    assert f"stored as {mode} (lossy)" in text and "lossy error  attn_z/layer_1: rel. L2 mean" in text
 
 
 def test_a_missing_scale_chunk_is_refused_not_read_as_nan(tmp_path):
