@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from actcache.solvers.aggregators import pair_store
 from actcache.solvers.errors import SolverInputError
+from actcache.solvers.finite import all_finite
 from actcache.solvers.labels import NEGATIVE_ONLY, LabelSets
 from actcache.solvers.pooling import Pooling
 from actcache.solvers.subspace import trajectory_basis
@@ -107,10 +108,7 @@ class LayerPass:
         x = torch.as_tensor(h).to(self.device)  # (n_tok, d)
         if x.shape[-1] != self.width:
             raise ValueError(f"document {key}: width {x.shape[-1]} but the pass expects {self.width}")
-        # a float64 sum is finite exactly when every value is (no float32 sum can overflow it), and unlike an
-        # elementwise mask it allocates nothing per document: those small allocations fragmented the heap
-        # (+30 MB peak streaming a 300 MB cache, tests/solvers/test_job_memory.py)
-        if not bool(torch.isfinite(x.sum(dtype=torch.float64))):
+        if not all_finite(x):
             raise SolverInputError(
                 f"{self.source}: document {key} has non-finite values (NaN/inf): run `actcache verify` on the "
                 f"cache; if it passes, the model produced them: rebuild in bfloat16 or float32, or leave it out"

@@ -1,8 +1,8 @@
 """One layer of a solve or sweep: read the (hook, layer) stream once, then compute every requested vector.
 
 Driven by `solvers.run_setup.run_layers`, the one path of `solve` (one pooling, plus the quality report) and
-`sweep` (many poolings and methods, compared). The per-(concept, layer) pieces (subspace eigenpairs, aggregator fits) go through an executor,
-so they run in process or as Ray tasks alike.
+`sweep` (many poolings and methods, compared). The per-(concept, layer) pieces (subspace eigenpairs, aggregator
+fits) go through an executor, so they run in process or as Ray tasks alike.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from actcache.solvers.caa import normalize
 from actcache.solvers.errors import SolverInputError
+from actcache.solvers.finite import all_finite
 from torch import Tensor
 
 REL_TOL = 1e-6  # Deviation 1: singular values <= REL_TOL x the largest are dropped
@@ -32,7 +33,7 @@ def trajectory_basis(h: Tensor, k: int | None = None, rel_tol: float = REL_TOL) 
     the threshold. One token, a failed SVD or a constant trajectory fall back to the normalised last-token
     vector as a single column. Non-finite input is refused, never replaced by that fallback.
     """
-    if not bool(torch.isfinite(h).all()):
+    if not all_finite(h):
         raise SolverInputError("a token trajectory has non-finite values (NaN/inf): run `actcache verify` on the "
                                "cache, and leave the document out if it passes")
     if h.shape[0] < 2:

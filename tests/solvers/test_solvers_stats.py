@@ -91,7 +91,6 @@ def test_projector_totals_match_direct_and_split_passes(corpus):
 
 def test_subspace_batches_fit_the_budget():
     d = 64
-    matrix = d * d * 8
     budget = ProjectorTotals.bytes_needed(d, 4)  # room for T + 3 concept totals
     held = _held_bytes(ProjectorTotals(d, concepts=range(3)))  # T + 3 concept totals, column buffer empty
     assert held <= budget <= held + d * 1024 * 4
