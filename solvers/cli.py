@@ -13,6 +13,7 @@ from actcache.solvers.defaults import (
     SWEEP_METHODS,
     SWEEP_POOLINGS,
 )
+from actcache.solvers.html_report.command import register_report
 from actcache.storage.devices import DEVICE_HELP
 
 __all__ = ["parse_where", "register", "run_compare", "run_score", "run_solve", "run_sweep"]
@@ -103,6 +104,7 @@ def register(subparsers: Any) -> None:
     _add_run_options(compare)
     compare.set_defaults(func=run_compare)
     register_analyses(subparsers)  # probe, neighbors, geometry, logit-lens
+    register_report(subparsers)  # the HTML page of solve/probe/geometry outputs
 
 
 def _labels(args: argparse.Namespace) -> Any:

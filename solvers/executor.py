@@ -42,7 +42,10 @@ class RayExecutor:
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # A private local instance: `--workers` is local fan-out, never a job on whatever cluster RAY_ADDRESS or
+            # a `ray start` on this machine points at (ray.init would otherwise join it and refuse num_cpus).
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
         self._task = ray.remote(max_retries=1)(_run_task)
         self._in_flight = max(1, in_flight or workers)
         self._pending: list[Any] = []

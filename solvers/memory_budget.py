@@ -61,10 +61,11 @@ class MemoryPlan:
 def ray_task_bytes(width: int, *, subspace: bool, pair_rows: int) -> int:
     """What one Ray task holds beyond the driver's own accounting: an eigen task's T_c in the object store
     (counted twice: the driver that wrote it and the worker that reads it both map its pages), its worker's
-    copies of T and T_c and the eigh temporaries (M_pos, M_base, their difference, the eigenvectors, LAPACK
-    workspace): 9 d x d float64; an aggregator task's paired samples in the store and in the worker, and the
-    fit's float64 copies: 16 x rows x d float32 for the largest concept's `pair_rows`."""
-    eigen_task = 9 * width * width * 8 if subspace else 0
+    copies of T and T_c (each briefly twice while unpickled), M_pos - M_base, the eigenvectors and the LAPACK
+    workspace: 12 d x d float64 (measured: a worker's peak rose by 91 MB = 11.4 squares at d = 1024); an
+    aggregator task's paired samples in the store and in the worker, and the fit's float64 copies:
+    16 x rows x d float32 for the largest concept's `pair_rows`."""
+    eigen_task = 12 * width * width * 8 if subspace else 0
     return max(eigen_task, 16 * pair_rows * width * 4)
 
 
@@ -85,11 +86,11 @@ def plan_memory(
     """
     document = (SVD_COPIES if subspace else 2) * longest_document * width * 4  # float32 rows and what they cost
     square = width * width * 8
-    # eigh: M_pos, M_base, their difference, eigenvectors; a flush: the (d, 1024) buffer and its Gram in
-    # float32 and float64; T kept through later subspace batches
-    eigen = (4 * square + 2 * width * 1024 * 4 + 3 * square // 2 + square) if subspace else 0
     ray = workers > 1
     task = task if ray else 0
+    # eigh in this process (with Ray it runs in the tasks): M_pos, M_base, their difference, eigenvectors; a
+    # flush: the (d, 1024) buffer and its Gram in float32 and float64; T kept through later subspace batches
+    eigen = ((0 if ray else 4 * square) + 2 * width * 1024 * 4 + 3 * square // 2 + square) if subspace else 0
     if budget is None:
         return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62, workers, task)
     block = max(MIN_STREAM_BLOCK, min(MAX_STREAM_BLOCK, budget // 20))

@@ -79,11 +79,13 @@ def subspace_eigen(
     """
     if n_concept < 1 or n_total - n_concept < 1:
         raise ValueError(f"subspace needs positives and negatives (got {n_concept} of {n_total} documents)")
-    m_pos = concept_total / n_concept
-    m_base = (total - concept_total) / (n_total - n_concept)
-    evals, evecs = torch.linalg.eigh(m_pos - m_base)  # ascending; evecs (d, d) columns
-    evals, evecs = evals.flip(0), evecs.flip(1)
-    return SubspaceEigen(evals[:n_report].clone(), evecs[:, :eigen_k].clone())
+    # M_pos - M_base built in one d x d buffer (a Ray worker holds T, T_c, this and eigh's output at once)
+    diff = total - concept_total
+    diff /= -(n_total - n_concept)  # -M_base
+    diff.add_(concept_total, alpha=1.0 / n_concept)  # + M_pos
+    evals, evecs = torch.linalg.eigh(diff)  # ascending; evecs (d, d) columns
+    del diff
+    return SubspaceEigen(evals.flip(0)[:n_report].clone(), evecs[:, -eigen_k:].flip(1).clone())
 
 
 def oriented_direction(eigen: SubspaceEigen, caa_diff: Tensor) -> SubspaceResult:

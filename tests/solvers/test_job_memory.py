@@ -43,7 +43,7 @@ import json, os, re, sys, time
 import psutil, ray, torch
 from actcache.solvers.job import SolveSettings, solve_cache
 workers = int(sys.argv[4])
-ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 @ray.remote
 def warm():
@@ -102,7 +102,7 @@ def test_max_memory_holds_on_a_cache_five_times_larger(large_cache, tmp_path):
     assert (tmp_path / "out" / "readout.safetensors").is_file()
 
 
-WORKERS_LIMIT = 256 * 2**20
+WORKERS_LIMIT = 320 * 2**20
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ def test_bad_input_is_one_line(layered_cache, tmp_path, capsys):
 
 
 def test_non_finite_taps_are_refused(tmp_path, capsys):
-    from conftest import write_layered_cache
+    from layered_cache import write_layered_cache
 
     cache = str(write_layered_cache(tmp_path / "cache", nan_row=30))
     runs = [["probe", "--label-field", "concept", "--positive", "c0", "--layers", "0"],

@@ -11,7 +11,7 @@ from actcache.solvers.analyses.probe import ProbeSettings, probe_cache
 from actcache.solvers.errors import SolverInputError
 from actcache.storage import open_cache
 from actcache.storage.annotations import relabel
-from conftest import write_layered_cache
+from layered_cache import write_layered_cache
 from probe_checks import check_against_sklearn, predictions
 
 TASKS = [("classify", "concept", "c0"), ("regress", "score", None), ("cluster", "concept", None)]
