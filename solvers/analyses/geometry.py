@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from actcache.solvers.analyses.cka import ExactCKA, MinibatchCKA, exact_bytes
+from actcache.solvers.analyses.shifted_moments import ShiftedMoments
 from actcache.solvers.errors import SolverInputError
 
 if TYPE_CHECKING:
@@ -71,21 +72,15 @@ def stage_count(cka: np.ndarray, layers: Sequence[int], threshold: float) -> tup
 
 def mlp_statistics(reader: CacheReader, layer: int, eps: float) -> dict[str, float]:
     """Sparsity and temperature of one layer's MLP activations, streamed."""
-    shift = total = square = None
-    small = n = 0
+    moments = ShiftedMoments()
+    small = 0
     for _doc, rows in reader.iter_activations(MLP_HOOK, layer, check_finite=True):
-        x = rows.astype(np.float64)  # (n_tok, d_ff)
-        small += int((np.abs(rows) < eps).sum())
-        if shift is None:
-            shift, total, square = x[0].copy(), np.zeros(x.shape[1]), np.zeros(x.shape[1])
-        x -= shift
-        total += x.sum(axis=0)
-        square += (x * x).sum(axis=0)
-        n += len(x)
-    if shift is None or total is None or square is None:
+        small += int((np.abs(rows) < eps).sum())  # rows: (n_tok, d_ff)
+        moments.add(rows)
+    if not moments.n:
         raise SolverInputError(f"the cache has no {MLP_HOOK} tokens at layer {layer}")
-    mean = total / n
-    return {"sparsity": small / (n * len(shift)), "temperature": float(np.maximum(square / n - mean**2, 0).mean())}
+    variance = moments.variance()
+    return {"sparsity": small / (moments.n * len(variance)), "temperature": float(variance.mean())}
 
 
 def _cka(reader: CacheReader, settings: GeometrySettings, layers: Sequence[int]) -> tuple[np.ndarray, str, int]:
@@ -114,6 +109,7 @@ def _cka(reader: CacheReader, settings: GeometrySettings, layers: Sequence[int])
 
 def geometry_cache(cache: str | Path, out: str | Path, settings: GeometrySettings) -> dict[str, Any]:
     """CKA matrix, stages and MLP statistics of a cache into `out/geometry.json`."""
+    from actcache.solvers.analyses.hook_check import require_activation_hook
     from actcache.solvers.job_inputs import check_output, resolve_layers
     from actcache.storage import open_cache
     from actcache.storage.atomic_dir import atomic_dir
@@ -121,9 +117,7 @@ def geometry_cache(cache: str | Path, out: str | Path, settings: GeometrySetting
 
     out_path = check_output(out, settings.overwrite)
     reader = open_cache(cache)
-    if settings.hook not in reader.hooks:
-        raise SolverInputError(f"the cache has no {settings.hook!r} activations (hooks: {', '.join(reader.hooks)}): "
-                               f"pick one with --hook")
+    require_activation_hook(reader, settings.hook)
     layers = sorted(resolve_layers(settings.layers, reader.layers, model_layer_count(reader.fingerprint)))
     matrix, method, n_tokens = _cka(reader, settings, layers)
     stages, transitions = stage_count(matrix, layers, settings.stage_threshold)

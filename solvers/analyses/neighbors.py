@@ -92,6 +92,7 @@ class NeighborSettings:
 
 def neighbors_cache(cache: str | Path, out: str | Path, settings: NeighborSettings) -> dict[str, Any]:
     """Pool and query documents chosen by labels, their neighbours, `neighbors.json` and `matches.jsonl`."""
+    from actcache.solvers.analyses.hook_check import require_activation_hook
     from actcache.solvers.job_inputs import check_output, resolve_layers
     from actcache.storage import open_cache
     from actcache.storage.atomic_dir import atomic_dir
@@ -99,6 +100,7 @@ def neighbors_cache(cache: str | Path, out: str | Path, settings: NeighborSettin
 
     out_path = check_output(out, settings.overwrite)
     reader = open_cache(cache)
+    require_activation_hook(reader, settings.hook)
     (layer,) = resolve_layers([settings.layer], reader.layers, model_layer_count(reader.fingerprint))
     pool, pool_keys, _ = reader.pooled(settings.hook, layer, settings.pooling, settings.pool_where)
     queries, query_keys, _ = reader.pooled(settings.hook, layer, settings.pooling, settings.query_where)

@@ -25,7 +25,6 @@ from actcache.solvers.analyses.token_probe import (
     labelled_rows,
     predict_tokens,
 )
-from actcache.solvers.errors import SolverInputError
 
 if TYPE_CHECKING:
     from actcache.storage.reader import CacheReader
@@ -134,13 +133,12 @@ def _token_layer(reader: CacheReader, layer: int, targets: ProbeTargets, setting
 
 
 def _check_settings(reader: CacheReader, settings: ProbeSettings) -> Sequence[int]:
+    from actcache.solvers.analyses.hook_check import require_activation_hook
     from actcache.solvers.job_inputs import resolve_layers
     from actcache.solvers.pooling import parse_pooling
     from actcache.storage.selection import model_layer_count
 
-    if settings.hook not in reader.hooks:
-        raise SolverInputError(f"the cache has no {settings.hook!r} activations (hooks: {', '.join(reader.hooks)}): "
-                               f"pick one with --hook, or rebuild with --hooks {settings.hook}")
+    require_activation_hook(reader, settings.hook)
     if settings.pooling != TOKEN_POOLING:
         parse_pooling(settings.pooling)
     return resolve_layers(settings.layers, reader.layers, model_layer_count(reader.fingerprint))

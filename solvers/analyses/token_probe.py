@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from actcache.solvers.analyses.probe_targets import DocTargets, Task
+from actcache.solvers.analyses.shifted_moments import ShiftedMoments
 
 if TYPE_CHECKING:
     from actcache.storage.reader import CacheReader
@@ -55,22 +56,12 @@ def labelled_rows(reader: CacheReader, hook: str, layer: int, docs: Sequence[Doc
 def token_moments(reader: CacheReader, hook: str, layer: int, docs: Sequence[DocTargets]) -> Standardizer:
     """Per-feature mean and std of the labelled tokens, in float64 sums shifted by the first row (so a large
     common offset does not cancel the variance away)."""
-    shift = total = square = None
-    n = 0
+    moments = ShiftedMoments()
     for targets, rows in labelled_rows(reader, hook, layer, docs):
-        x = rows[np.isfinite(targets.y)].astype(np.float64)  # (n_lab, d)
-        if not len(x):
-            continue
-        if shift is None:
-            shift, total, square = x[0].copy(), np.zeros(x.shape[1]), np.zeros(x.shape[1])
-        x -= shift
-        total += x.sum(axis=0)
-        square += (x * x).sum(axis=0)
-        n += len(x)
-    assert shift is not None and total is not None and square is not None  # probe_targets checked each split
-    mean = total / n
-    std = np.sqrt(np.maximum(square / n - mean * mean, 0.0))
-    return Standardizer(shift + mean, np.where(std > 1e-12 * (1.0 + np.abs(shift + mean)), std, 1.0))
+        moments.add(rows[np.isfinite(targets.y)])  # (n_lab, d)
+    assert moments.n, "probe_targets checked each split"
+    mean, std = moments.mean(), np.sqrt(moments.variance())
+    return Standardizer(mean, np.where(std > 1e-12 * (1.0 + np.abs(mean)), std, 1.0))
 
 
 def _windows(reader: CacheReader, hook: str, layer: int, docs: Sequence[DocTargets], scaler: Standardizer,

@@ -1,8 +1,9 @@
 """A small cache with planted layer geometry, written straight through the storage API (no model).
 
 Layers 0-2 of resid_post are noisy linear maps of one token signal (0 with a large offset), layer 3 is unrelated
-noise; mlp_act is a ReLU of a projection (exact zeros: a real sparsity). Metadata: `split` (every 4th document is
-test), `concept` (c0..c2; its residuals carry a concept direction) and `score` (a number tied to the concept).
+noise; mlp_act is a ReLU of a projection (exact zeros: a real sparsity); router_experts holds random expert ids.
+Metadata: `split` (every 4th document is test), `concept` (c0..c2; its residuals carry a concept direction) and
+`score` (a number tied to the concept).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def _layer_rows(rng: np.random.Generator, n: int, concept_of_row: np.ndarray) ->
     resid[3] = rng.standard_normal((n, WIDTH))
     rows = {("resid_post", k): v.astype(np.float32) for k, v in resid.items()}
     rows.update({("mlp_act", k): np.maximum(resid[k] @ w / 4, 0).astype(np.float32) for k in LAYERS})
+    rows.update({("router_experts", k): rng.integers(0, 8, (n, 2)).astype(np.int16) for k in LAYERS})  # ids
     return rows
 
 
@@ -34,7 +36,7 @@ def write_layered_cache(path: Path, n_docs: int = 48, seed: int = 0, nan_row: in
     from actcache.storage.layout import activation_name
 
     rng = np.random.default_rng(seed)
-    widths = {"resid_post": WIDTH, "mlp_act": D_FF}
+    widths = {"resid_post": WIDTH, "mlp_act": D_FF, "router_experts": 2}
     fingerprint = CacheFingerprint(model={"architecture": "Planted", "config": {"hidden_size": WIDTH}},
                                    tokenizer={"backend_sha256": "planted"}, dtype="float32",
                                    capture=CaptureSpec(hooks=tuple(widths), layers=LAYERS, max_length=1 << 20),

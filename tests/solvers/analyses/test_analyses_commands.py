@@ -30,6 +30,16 @@ def test_bad_input_is_one_line(layered_cache, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "--positive" in err
 
 
+def test_expert_ids_are_not_activations(layered_cache, tmp_path, capsys):
+    runs = [["probe", "--label-field", "concept", "--positive", "c0"], ["neighbors", "--layer", "0"], ["geometry"]]
+    for k, args in enumerate(runs):
+        out = str(tmp_path / f"o{k}")
+        code = main([*args, "--cache", str(layered_cache), "--hook", "router_experts", "--out", out])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "expert ids" in err and "resid_post" in err, err
+        assert not (tmp_path / f"o{k}").exists()
+
+
 def test_non_finite_taps_are_refused(tmp_path, capsys):
     from layered_cache import write_layered_cache
 
