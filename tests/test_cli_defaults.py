@@ -42,24 +42,15 @@ def test_unreadable_layer_selections_are_input_errors(spec: str, n_layers: int |
         select_layers(spec, range(30), n_layers)
 
 
-@pytest.fixture(scope="module")
-def last_layer_cache(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-llama has 4 layers: `--layers 1,-1` captures 1 and 3."""
-    out = tmp_path_factory.mktemp("negative-layers") / "cache"
-    assert main(["build", "--model", str(tiny_llama_dir), "--corpus", str(SENTIMENT), "--out", str(out),
-                 "--layers", "1,-1", "--no-progress"]) == 0
-    return out
-
-
-def test_build_and_solve_read_negative_layers_alike(last_layer_cache: Path, tmp_path: Path,
+def test_build_and_solve_read_negative_layers_alike(tiny_sentiment_cache: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    assert open_cache(last_layer_cache).layers == (1, 3)
+    assert open_cache(tiny_sentiment_cache).layers == (1, 3)
     out = tmp_path / "readout"
-    assert main(["solve", "--cache", str(last_layer_cache), "--out", str(out), "--layers", "-1", "--label-field",
+    assert main(["solve", "--cache", str(tiny_sentiment_cache), "--out", str(out), "--layers", "-1", "--label-field",
                  "sentiment", "--positive", "positive", "--methods", "caa"]) == 0
     assert json.loads((out / "readout.json").read_text())["layers"] == [3]
     capsys.readouterr()
-    assert main(["solve", "--cache", str(last_layer_cache), "--out", str(tmp_path / "other"), "--layers", "-2",
+    assert main(["solve", "--cache", str(tiny_sentiment_cache), "--out", str(tmp_path / "other"), "--layers", "-2",
                  "--label-field", "sentiment", "--positive", "positive", "--methods", "caa"]) == 2
     err = capsys.readouterr().err
     assert "layer(s) [-2] not in the cache" in err and "-1 is layer 3" in err and "[1, 3]" in err, err

@@ -12,12 +12,9 @@ SENTIMENT = REPO / "tests" / "data" / "sentiment.jsonl"
 TRACEBACK = "Traceback (most recent call last)"
 
 
-@pytest.fixture(scope="module")
-def cache(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cli-errors") / "cache"
-    assert main(["build", "--model", str(tiny_llama_dir), "--corpus", str(SENTIMENT), "--out", str(out),
-                 "--layers", "1,3", "--no-progress"]) == 0
-    return out
+@pytest.fixture
+def cache(tiny_sentiment_cache: Path) -> Path:
+    return tiny_sentiment_cache
 
 
 def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
