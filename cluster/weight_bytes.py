@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actcache.cache_builder.model_registry import ModelSpec
+from actcache.cache_builder.model_source import is_moe_layer
 from actcache.cluster._plan_error import PlanError
 
 __all__ = [
@@ -117,12 +118,10 @@ class ModelShape:
         )
 
     def is_moe_layer(self, layer: int) -> bool:
-        """Whether decoder layer `layer` has routed experts (the Qwen-MoE rule; every layer for Mixtral)."""
-        return (
-            self.num_experts > 0
-            and layer not in self.mlp_only_layers
-            and (layer + 1) % self.decoder_sparse_step == 0
-        )
+        """Whether decoder layer `layer` has routed experts: the builder's own rule, so plan and build agree."""
+        fields = {"num_experts": self.num_experts, "mlp_only_layers": self.mlp_only_layers,
+                  "decoder_sparse_step": self.decoder_sparse_step}
+        return is_moe_layer(fields, layer)
 
 
 @dataclass(frozen=True)
