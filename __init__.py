@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the exports; at run time each is imported on first use (actcache/_lazy.py)
     from .storage import CacheReader, open_cache
 else:
-    from ._lazy import lazy_exports
+    from actcache._lazy import lazy_exports  # absolute: pytest may import this file as the checkout folder's name
 
     __getattr__, __dir__ = lazy_exports(__name__, __file__)
 
