@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+from actcache.storage import CacheError, CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
 from actcache.storage.annotations import relabel
+from actcache.storage.claims import Claim
+from actcache.storage.committed_keys import CommittedKeys
 from actcache.storage.devices import resolve_device
 from actcache.storage.fingerprint import digest
 from actcache.storage.hook_points import check_layer_kinds, hook_widths
@@ -23,7 +25,8 @@ from actcache.storage.selection import select_layers
 from tqdm import tqdm
 
 from .capture import capture_range, check_hooks
-from .corpus import load_corpus
+from .claimed_units import ClaimedUnits
+from .corpus import Document, load_corpus
 from .model_source import (
     ResolvedModel,
     head_shape,
@@ -42,8 +45,8 @@ from .runner import DecoderStack, pad_batch
 from .settings import BuildSettings, BuildSettingsError
 from .transformers_quiet import quiet_transformers
 
-__all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "build_cache",
-           "begin_unit", "capture_batch", "run_unit", "pad_token_id", "ProgressCallback"]
+__all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "open_build",
+           "build_cache", "begin_unit", "capture_batch", "run_unit", "pad_token_id", "ProgressCallback"]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class BuildReport:
     seconds: float = 0.0
     truncated: list[tuple[str, int, int]] = field(default_factory=list)  # (source, original, kept)
     relabelled: int = 0  # cached documents whose labels the corpus changed (a new annotation version)
+    by_other_writers: int = 0  # documents to build that another writer on the same cache committed meanwhile
 
     def summary(self, out: str | Path) -> str:
         rate = self.built_tokens / self.seconds if self.seconds else 0.0
@@ -62,6 +66,8 @@ class BuildReport:
             f"built {self.built_documents} documents ({self.built_tokens} tokens, {rate:.0f} tok/s) in {self.units} "
             f"units into {out}; reused {self.reused_documents} documents already cached"
         ]
+        if self.by_other_writers:
+            lines.append(f"{self.by_other_writers} documents were computed by other writers on this cache meanwhile")
         if self.truncated:
             examples = ", ".join(f"{s} ({o} -> {k} tokens)" for s, o, k in self.truncated[:3])
             lines.append(f"truncated {len(self.truncated)} documents longer than --max-length, e.g. {examples}")
@@ -81,10 +87,15 @@ class PreparedBuild:
     writer: CacheWriter
     units: list[Unit]
     report: BuildReport
+    docs: list[TokenizedDoc] = field(default_factory=list)  # the whole corpus, cached documents included
 
     @property
     def deepest_layer(self) -> int:
         return self.fingerprint.capture.layers[-1]
+
+    def tokenize(self, corpus: Sequence[Document]) -> list[TokenizedDoc]:
+        """The corpus's distinct documents, keyed and truncated as this cache's capture spec says."""
+        return _tokenize(corpus, self.tokenizer, self.fingerprint.tokenizer, self.settings)
 
 
 def parse_layers(layers: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
@@ -98,6 +109,21 @@ def parse_layers(layers: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
 
 def prepare_build(settings: BuildSettings) -> PreparedBuild:
     """Validate every input before the cache is touched, then open it (checking its fingerprint) and plan."""
+    prepared, docs = open_build(settings, load_corpus(settings.corpus))
+    units, reused = pending_units(plan_units(docs, unit_tokens=settings.unit_tokens, batch_size=settings.batch_size),
+                                  prepared.writer.index().docs)
+    prepared.units, prepared.docs = units, docs
+    prepared.report = BuildReport(reused_documents=reused, truncated=[
+        (str(d.meta.get("source", d.key)), d.original_tokens, d.n_tokens) for u in units for d in u.docs
+        if d.original_tokens > d.n_tokens
+    ])
+    prepared.report.relabelled = relabel(settings.out, {d.key: d.meta for d in docs}, str(settings.corpus)).relabelled
+    return prepared
+
+
+def open_build(settings: BuildSettings, corpus: Sequence[Document] = ()) -> tuple[PreparedBuild, list[TokenizedDoc]]:
+    """Validate the settings and tokenize `corpus` before the cache is touched, then open the cache (checking its
+    fingerprint); nothing is planned yet. A resident service opens once and plans each job with `tokenize`."""
     hooks = check_hooks(settings.hooks)
     if settings.padding_side not in ("left", "right"):
         raise BuildSettingsError(f"padding side must be left or right, not {settings.padding_side!r}")
@@ -106,7 +132,6 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
     model_fp = model_fingerprint(model, settings.dtype)
     config = model_fp["config"]
     layers = parse_layers(settings.layers, num_layers(config))
-    corpus = load_corpus(settings.corpus)
     tok_fp = tokenizer_fingerprint(tokenizer)
     capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side, settings.store_as)
     widths = hook_widths(hooks, model_dims(config))
@@ -120,19 +145,19 @@ def prepare_build(settings: BuildSettings) -> PreparedBuild:
         widths=widths,
         hook_attrs={"attn_z": {"n_heads": n_heads, "head_dim": head_dim}} if "attn_z" in hooks else {},
     )
-    docs = tokenize_documents(
+    docs = _tokenize(corpus, tokenizer, tok_fp, settings)
+    writer = CacheWriter.open(settings.out, fingerprint, _model_source(model), lease_s=settings.lease_s)
+    return PreparedBuild(settings, model, config, tokenizer, fingerprint, writer, [], BuildReport()), docs
+
+
+def _tokenize(corpus: Sequence[Document], tokenizer: Any, tokenizer_fp: dict[str, Any],
+              settings: BuildSettings) -> list[TokenizedDoc]:
+    if not corpus:  # a tokenizer refuses an empty batch
+        return []
+    return tokenize_documents(
         [d.text for d in corpus], [d.meta for d in corpus], tokenizer,
-        tokenizer_digest=digest(tok_fp), max_length=settings.max_length, truncation_side=settings.truncation_side,
+        tokenizer_digest=digest(tokenizer_fp), max_length=settings.max_length, truncation_side=settings.truncation_side,
     )
-    writer = CacheWriter.open(settings.out, fingerprint, _model_source(model))
-    units, reused = pending_units(plan_units(docs, unit_tokens=settings.unit_tokens, batch_size=settings.batch_size),
-                                  writer.index().docs)
-    report = BuildReport(reused_documents=reused, truncated=[
-        (str(d.meta.get("source", d.key)), d.original_tokens, d.n_tokens) for u in units for d in u.docs
-        if d.original_tokens > d.n_tokens
-    ])
-    report.relabelled = relabel(settings.out, {d.key: d.meta for d in docs}, str(settings.corpus)).relabelled
-    return PreparedBuild(settings, model, config, tokenizer, fingerprint, writer, units, report)
 
 
 def _model_source(model: ResolvedModel) -> dict[str, Any]:
@@ -160,8 +185,12 @@ def begin_unit(prepared: PreparedBuild, unit: Unit) -> tuple[str, list[DocRecord
 
 
 def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, torch.Tensor]],
-             on_batch: Callable[[Sequence[TokenizedDoc]], None] | None = None) -> bool:
-    """Write one unit's captures as a segment and commit it; the segment stays invisible if anything fails."""
+             on_batch: Callable[[Sequence[TokenizedDoc]], None] | None = None,
+             check: Callable[[Unit], None] | None = None) -> bool:
+    """Write one unit's captures as a segment and commit it; the segment stays invisible if anything fails.
+
+    `check(unit)` runs right before the commit (`ClaimedUnits.check`: the unit's document claims are still held).
+    """
     writer = prepared.writer
     segment, records = begin_unit(prepared, unit)
     seg_writer = writer.segment_writer(segment)
@@ -172,6 +201,8 @@ def run_unit(prepared: PreparedBuild, unit: Unit, batches: Iterator[dict[str, to
             if on_batch is not None:
                 on_batch(batch_docs)
         manifests = seg_writer.close()
+        if check is not None:
+            check(unit)
     except BaseException:
         seg_writer.abort()
         writer.abandon(segment)  # deletes the partial segment and releases its claim
@@ -220,10 +251,23 @@ def _build_cache(settings: BuildSettings, model: Any, on_progress: ProgressCallb
                 report.seconds = time.perf_counter() - started
                 on_progress(report, total_docs, total_tokens)
 
-        for unit in prepared.units:
-            batches = (capture_batch(stack, b, capture, pad_id, settings.padding_side) for b in unit.batches())
-            run_unit(prepared, unit, batches, advance)
-            report.units += 1
+        def waiting(holders: list[Claim]) -> None:
+            bar.set_postfix_str(f"waiting for {len(holders)} document bucket(s) claimed by other writers "
+                                f"({holders[0].describe()})")
+
+        committed = CommittedKeys(prepared.writer.backend)
+        with ClaimedUnits(prepared.docs, committed, prepared.writer.claims, settings.lease_s,
+                          unit_tokens=settings.unit_tokens, batch_size=settings.batch_size, on_wait=waiting) as work:
+            for unit in work:
+                batches = (capture_batch(stack, b, capture, pad_id, settings.padding_side) for b in unit.batches())
+                run_unit(prepared, unit, batches, advance, work.check)
+                report.units += 1
+        missing = [d.key for d in prepared.docs if d.key not in committed.refresh()]
+        if missing:  # never expected: every claimed unit was committed, every other bucket was seen committed
+            raise CacheError(f"{len(missing)} documents of the corpus are not committed (e.g. {missing[0]}): "
+                             f"rerun the same command to build them")
+        report.by_other_writers = total_docs - report.built_documents
+        bar.update(total_tokens - report.built_tokens)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -37,6 +37,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per commit unit: the most work a killed build redoes")
     parser.add_argument("--padding-side", default=defaults.padding_side, choices=["left", "right"],
                         help="where a batch pads shorter documents (padding is never stored)")
+    parser.add_argument("--lease-seconds", type=float, default=defaults.lease_s,
+                        help="how long this writer's claims (segments, document buckets) outlive it: another writer "
+                             "on the same cache takes a killed writer's documents over after this")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--no-text", action="store_true",
                         help="do not store the documents' texts in the cache (a private corpus); cache.text() and "
@@ -49,7 +52,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         hooks=tuple(h.strip() for h in args.hooks.split(",") if h.strip()), batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=args.device, unit_tokens=args.unit_tokens,
         padding_side=args.padding_side, progress=not args.no_progress, store_text=not args.no_text,
-        store_as=args.store_as,
+        store_as=args.store_as, lease_s=args.lease_seconds,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from actcache.storage.annotations import RelabelResult, relabel
+from actcache.storage.backends import open_backend
 from actcache.storage.fingerprint import digest
 from actcache.storage.root import open_root
 
@@ -20,7 +21,7 @@ __all__ = ["label_cache"]
 
 def label_cache(cache: str | Path, corpus: str | Path) -> RelabelResult:
     """Publish the corpus's labels for every cached document whose labels differ (newest version wins)."""
-    _, fingerprint = open_root(Path(cache))
+    _, fingerprint = open_root(open_backend(cache))
     docs = load_corpus(corpus)
     metas = corpus_metadata([d.text for d in docs], [d.meta for d in docs],
                             tokenizer_digest=digest(fingerprint.tokenizer),

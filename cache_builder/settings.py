@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from actcache.storage.claims import LEASE_SECONDS
 from actcache.storage.errors import InputError
 from actcache.storage.store_modes import STORE_MODES
 
@@ -35,11 +36,14 @@ class BuildSettings:
     progress: bool = True
     store_text: bool = True  # keep each document's text in the cache (False: --no-text, for private corpora)
     store_as: str = "exact"  # exact, or a lossy mode of storage/lossy.py (bfloat16, fp8, int8)
+    lease_s: float = LEASE_SECONDS  # how long this writer's claims outlive it: others take its work over after this
 
     def __post_init__(self) -> None:
         """Sizes that cannot work are refused here, before a model is loaded or a cache folder is made."""
         for option in ("batch_size", "max_length", "unit_tokens"):
             if (value := getattr(self, option)) < 1:
                 raise BuildSettingsError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        if self.lease_s <= 0:
+            raise BuildSettingsError(f"--lease-seconds must be positive, got {self.lease_s}")
         if self.store_as not in STORE_MODES:
             raise BuildSettingsError(f"--store-as {self.store_as!r}: use one of {', '.join(STORE_MODES)}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from actcache.cluster.service import service_cli
 from actcache.storage.hook_points import HOOKS_HELP
+from actcache.storage.store_modes import STORE_AS_HELP, STORE_MODES
 
 if TYPE_CHECKING:
     from actcache.cluster.planner import ClusterSpec
@@ -69,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, help="data-parallel pipeline replicas; default: GPUs / stages")
     p.add_argument("--micro-batch-tokens", type=int, default=8192, help="tokens per micro-batch")
     p.add_argument("--capture-dtype", help="stored dtype (default: the model's dtype)")
+    p.add_argument("--store-as", default="exact", choices=STORE_MODES, help=STORE_AS_HELP)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
     service_cli.register(subparsers)
@@ -105,7 +107,7 @@ def run_plan(args: argparse.Namespace) -> int:
         spec = load_model_spec(args.model_config)
         capture = CaptureRequest(layers=args.layers, hooks=args.hooks, tokens=args.tokens,
                                  tokens_per_s=args.tokens_per_s, micro_batch_tokens=args.micro_batch_tokens,
-                                 capture_dtype=args.capture_dtype)
+                                 capture_dtype=args.capture_dtype, store_as=args.store_as)
         plan = plan_build(spec, _cluster(args), capture)
     except (PlanError, ModelSpecError) as err:
         print(f"plan refused: {err}", file=sys.stderr)

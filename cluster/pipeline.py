@@ -5,9 +5,9 @@ The driver does everything that needs no model (`prepare_build`: validation, fin
 the plan), begins one segment per unit and commits it once every stage has closed its own arrays. Stages receive
 token ids (stage 0) or hidden states (ObjectRefs chained stage to stage), so only hidden states travel, and
 several micro-batches are in flight per replica so that the stages work at the same time. A stage that dies is
-restarted by Ray (`max_restarts`); every unit it had not committed is redone under a new segment (the old one
-stays invisible garbage), so no document is lost or stored twice. Killing the driver loses only uncommitted
-units: rerunning resumes from the commit records, like the single-process builder.
+restarted by Ray (`max_restarts`); every unit it had not committed is redone under a new segment (the old one is
+abandoned: deleted, its claim released), so no document is lost or stored twice. Killing the driver loses only
+uncommitted units: rerunning resumes from the commit records, like the single-process builder.
 """
 
 from __future__ import annotations
@@ -284,6 +284,15 @@ class _Run:
                 self._redo([item.unit for item in opened], error)
                 if not self._await_restart(stages):
                     return
+                self._abandon(opened)
+
+    def _abandon(self, opened: deque[_Open]) -> None:
+        """Delete the segments of redone units and release their claims, now rather than when the driver exits.
+        Safe once every stage answered `ready` after the failure: an actor runs one caller's tasks in order, so
+        no stage writes to these segments any more."""
+        with self.lock:
+            for item in opened:
+                self.prepared.writer.abandon(item.segment)
 
     def _await_restart(self, stages: list[Any]) -> bool:
         """Wait until Ray has restarted every stage of a replica (reloading takes a while); False if one cannot

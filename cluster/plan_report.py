@@ -44,7 +44,8 @@ def format_plan(plan: Plan) -> str:
           " of weights in all",
         f"cluster: {c.nodes} node(s) x {c.gpus_per_node} GPU(s) x {c.gpu_mem_gib:g} GiB = {c.gpus} GPU(s) -> "
         f"{plan.n_replicas} replica(s) of a {plan.n_stages}-stage pipeline",
-        f"capture: layers {','.join(map(str, cap.layers))}; hooks {','.join(cap.hooks)}; {cap.capture_dtype}; "
+        f"capture: layers {','.join(map(str, cap.layers))}; hooks {','.join(cap.hooks)}; {cap.capture_dtype}"
+        f"{'' if cap.store_as == 'exact' else f', stored as {cap.store_as} (lossy)'}; "
         f"micro-batch {cap.micro_batch_tokens} tokens",
         f"loaded: layers 0-{plan.layers_loaded - 1} ({plan.layers_loaded} of {plan.num_layers}); "
         "stage 0 also holds the embedding",
@@ -61,7 +62,8 @@ def format_plan(plan: Plan) -> str:
     by_hook = "; ".join(f"{h} {_si(b)} = {n_layers} layer(s) x {b // n_layers} B" for h, b in
                         plan.bytes_per_token_by_hook.items())
     lines += ["", f"captured per token: {plan.bytes_per_token:,} B ({by_hook})"]
-    ratio = f"~{plan.compression_ratio:g}x lossless zstd on {cap.capture_dtype}"
+    stored = cap.capture_dtype if cap.store_as == "exact" else f"{cap.store_as} codes"
+    ratio = f"~{plan.compression_ratio:g}x lossless zstd on {stored}"
     if plan.store_bytes is not None:
         lines.append(f"store for {cap.tokens:,} tokens: {_si(plan.store_bytes)} raw, "
                      f"{_si(plan.store_bytes / plan.compression_ratio)} compressed ({ratio})")

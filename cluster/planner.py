@@ -29,6 +29,7 @@ from actcache.cluster.weight_bytes import (
 )
 from actcache.storage.errors import InputError
 from actcache.storage.hook_points import check_layer_kinds, expand_hooks
+from actcache.storage.store_modes import STORE_MODES
 
 __all__ = [
     "CaptureRequest",
@@ -90,6 +91,7 @@ class CaptureRequest:
     tokens_per_s: float | None = None
     micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
     capture_dtype: str | None = None
+    store_as: str = "exact"  # how the store keeps values (storage/lossy.py): sizes the store and its bandwidth
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers), "hooks": list(self.hooks)}
@@ -216,7 +218,7 @@ def plan_build(spec: ModelSpec, cluster: ClusterSpec, capture: CaptureRequest) -
         raise PlanError(_refusal(over[0], shape, fmt, cluster, capture))
     act_bytes = dtype_bytes(spec.dtype)
     cap_dtype = capture.capture_dtype or spec.dtype
-    by_hook = {h: len(capture.layers) * hook_bytes(h, shape, cap_dtype) for h in capture.hooks}
+    by_hook = {h: len(capture.layers) * hook_bytes(h, shape, cap_dtype, capture.store_as) for h in capture.hooks}
     return Plan(
         model_name=spec.name,
         hf_id=spec.hf_id,
@@ -231,7 +233,7 @@ def plan_build(spec: ModelSpec, cluster: ClusterSpec, capture: CaptureRequest) -
         stages=tuple(stages),
         bytes_per_token_by_hook=by_hook,
         interstage_bytes_per_token=shape.hidden_size * act_bytes,
-        compression_ratio=compression_ratio(capture.capture_dtype or spec.dtype),
+        compression_ratio=compression_ratio(cap_dtype, capture.store_as),
         notes=_notes(shape, fmt, cluster, capture, n_stages),
     )
 
@@ -252,6 +254,8 @@ def _checked_capture(capture: CaptureRequest, shape: ModelShape, spec: ModelSpec
         raise PlanError(str(error)) from None
     dtype = capture.capture_dtype or spec.dtype
     dtype_bytes(dtype)
+    if capture.store_as not in STORE_MODES:
+        raise PlanError(f"--store-as {capture.store_as!r}: use one of {', '.join(STORE_MODES)}")
     for hook in hooks:
         hook_bytes(hook, shape, dtype)
     if capture.micro_batch_tokens < 1:
@@ -265,6 +269,7 @@ def _checked_capture(capture: CaptureRequest, shape: ModelShape, spec: ModelSpec
         tokens_per_s=capture.tokens_per_s,
         micro_batch_tokens=capture.micro_batch_tokens,
         capture_dtype=dtype,
+        store_as=capture.store_as,
     )
 
 

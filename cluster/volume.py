@@ -1,9 +1,12 @@
 """Bytes a capture produces: per token, for a corpus, per second.
 
-Values are stored losslessly in the capture dtype, so a token costs the sum of its captured widths times the dtype
-size. Lossless zstd on the raw bits buys little (mantissa bits are close to random); the ratios below are the only
-compression the plan assumes, and each is the one tests/bench/bench_build.py measures on SmolLM2 (the README's
-Performance table prints them; tests/cluster/test_planner.py checks the two agree).
+Values are stored losslessly in the capture dtype by default, so a token costs the sum of its captured widths times
+the dtype size; a lossy `--store-as` mode costs its code size per value plus, for fp8/int8, a float32 scale per
+token row (storage/lossy.py `row_bytes`). Lossless zstd on the raw bits buys little (mantissa bits are close to
+random); the ratios below are the only compression the plan assumes, and each is the one
+tests/bench/bench_build.py measures on SmolLM2 (the README's Performance table prints them;
+tests/cluster/test_planner.py checks the two agree). fp8 and int8 codes have no measured build ratio: none is
+assumed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from actcache.cluster.weight_bytes import ModelShape, dtype_bytes
 from actcache.storage.dtypes import storage_dtype
 from actcache.storage.errors import InputError
 from actcache.storage.hook_points import HOOK_POINTS, HOOKS, array_dtype, hook_widths
+from actcache.storage.lossy import row_bytes
 
 __all__ = [
     "HOOKS",
@@ -41,14 +45,17 @@ def hook_width(hook: str, shape: ModelShape) -> int:
         raise PlanError(str(error)) from None
 
 
-def hook_bytes(hook: str, shape: ModelShape, capture_dtype: str) -> int:
-    """Bytes per token of one (hook, layer): its width times its stored item size (router expert ids: int16)."""
+def hook_bytes(hook: str, shape: ModelShape, capture_dtype: str, store_as: str = "exact") -> int:
+    """Bytes per token of one (hook, layer) before compression: its width times its stored item size (router
+    expert ids: int16, always exact), or a lossy mode's codes and scale."""
     dtype = array_dtype(hook, capture_dtype)
-    size = dtype_bytes(dtype) if dtype == capture_dtype else storage_dtype(dtype).itemsize
-    return hook_width(hook, shape) * size
+    if dtype != capture_dtype:
+        return hook_width(hook, shape) * storage_dtype(dtype).itemsize
+    return row_bytes(store_as, hook_width(hook, shape), dtype_bytes(dtype))
 
 
-def compression_ratio(capture_dtype: str) -> float:
-    """Measured lossless ratio for a capture dtype; 1.0 (no gain assumed) where we have not measured one."""
+def compression_ratio(capture_dtype: str, store_as: str = "exact") -> float:
+    """Measured lossless ratio of what is stored (the capture dtype, or bfloat16 codes); 1.0 (no gain assumed)
+    where we have not measured one."""
     dtype_bytes(capture_dtype)
-    return _RATIOS.get(capture_dtype, 1.0)
+    return _RATIOS.get(capture_dtype if store_as == "exact" else store_as, 1.0)

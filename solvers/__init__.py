@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the exports; at run time each is imported on first use (act
     )
     from actcache.solvers.job import SolveResult, SolveSettings, solve_cache, triage_summary
     from actcache.solvers.job_inputs import LabelSpec
-    from actcache.solvers.labels import NEGATIVE_ONLY, DocumentLike, LabelSets, Pair, field_labels, story_labels
+    from actcache.solvers.labels import DocumentLike, LabelSets, Pair, field_labels, story_labels
     from actcache.solvers.layer_pass import LayerPass, LayerStats, PassPlan, subspace_batches
     from actcache.solvers.layer_weights import LayerWeights, WeightLookup
     from actcache.solvers.memory_budget import parse_bytes
@@ -87,7 +87,6 @@ __all__ = [
     "LayerPass",
     "LayerStats",
     "MomentTotals",
-    "NEGATIVE_ONLY",
     "Pair",
     "PassPlan",
     "PooledStore",

@@ -141,7 +141,7 @@ AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
 def pair_store(labels: LabelSets) -> PooledStore:
     """A `PooledStore` that keeps every document taking part in a pair (uncapped: pairs are materialised)."""
     docs = {p.positive for p in labels.pairs} | {n for p in labels.pairs for n in p.negatives}
-    return PooledStore(dict.fromkeys(docs, 0))
+    return PooledStore(dict.fromkeys(docs, (0,)))
 
 
 def paired_samples(labels: LabelSets, store: PooledStore, concept: int) -> tuple[Tensor, Tensor]:

@@ -27,7 +27,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", required=True, help="cache folder")
+    parser.add_argument("--cache", required=True, help="cache folder or s3://bucket/prefix")
     parser.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it is an earlier solve/sweep output (written atomically)")
@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
 
     score = subparsers.add_parser("score", help="each document's projection on each concept direction of a readout "
                                                 "(JSON lines: key, text, concept, layer, score)")
-    score.add_argument("--cache", required=True, help="cache folder")
+    score.add_argument("--cache", required=True, help="cache folder or s3://bucket/prefix")
     score.add_argument("--readout", required=True, help="output folder of solve or sweep")
     score.add_argument("--method", help="score this method's vectors (methods/<name>.json) instead of readout.json")
     score.add_argument("--out", required=True, help="JSON-lines file to write (replaced when it exists)")

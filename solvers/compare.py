@@ -79,7 +79,7 @@ def compare_caches(exact_path: str | os.PathLike[str], lossy_path: str | os.Path
     from actcache.storage import open_cache
 
     settings = settings or GateSettings()
-    exact, lossy = open_cache(Path(exact_path)), open_cache(Path(lossy_path))
+    exact, lossy = open_cache(exact_path), open_cache(lossy_path)
     _check_comparable(exact, lossy)
     solve = SolveSettings(methods=GATE_METHODS, pooling=settings.pooling, layers=settings.layers,
                           labels=settings.labels, max_memory=settings.max_memory, device=settings.device,

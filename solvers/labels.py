@@ -6,7 +6,8 @@ concepts, baselines, other label values): the cross-concept contrast of SOLVERS.
 
 Nothing here depends on the order in which the cache committed its units: pairs are explicit (a scenario's
 baselines, or a `pair_field` value) and listed in corpus order (`source`, then `index`). A field may hold a list
-(the same text labelled several times in one corpus, one value per occurrence): each value counts.
+(the same text labelled several times in one corpus, one value per occurrence): each value counts, so a
+document may be a positive of several concepts at once (`concepts_of[i]` is a set of concept indices).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+import numpy as np
 from actcache.solvers.errors import SolverInputError
-
-NEGATIVE_ONLY = -1  # concept_of value of a document that is a negative for every concept
 
 
 class DocumentLike(Protocol):
@@ -45,13 +45,15 @@ class Pair:
 class LabelSets:
     """Per-document roles (indices follow the input document order).
 
-    `concept_of[i]` is the solved concept index of a positive, else NEGATIVE_ONLY; `fit[i]` says document i
-    feeds the solvers (labelled and in the train split); `test[i]` says it is held out for evaluation.
+    `concepts_of[i]` holds the solved concept indices document i is a positive of (ascending; several when the
+    same text was labelled with several concepts, empty for a document that is a negative of every concept);
+    `fit[i]` says document i feeds the solvers (labelled and in the train split); `test[i]` says it is held out
+    for evaluation. A document is a negative of every fitted concept it is not a positive of.
     """
 
     concepts: tuple[str, ...]
     keys: tuple[str, ...]
-    concept_of: tuple[int, ...]
+    concepts_of: tuple[tuple[int, ...], ...]
     baseline: tuple[bool, ...]
     fit: tuple[bool, ...]
     test: tuple[bool, ...]
@@ -71,7 +73,8 @@ class LabelSets:
             docs = [i for i, m in enumerate(mask) if m]
             by_concept: dict[int, list[int]] = {}
             for i in docs:
-                by_concept.setdefault(self.concept_of[i], []).append(i)
+                for c in self.concepts_of[i]:
+                    by_concept.setdefault(c, []).append(i)
             out[split] = (docs, by_concept)
         return out
 
@@ -81,7 +84,15 @@ class LabelSets:
 
     def negatives(self, concept: int, split: str = "fit") -> list[int]:
         """Document indices of the negatives of `concept`: every other labelled document of the split."""
-        return [i for i in self._members[split][0] if self.concept_of[i] != concept]
+        return [i for i in self._members[split][0] if concept not in self.concepts_of[i]]
+
+    def membership(self, docs: Sequence[int] | None = None) -> np.ndarray:
+        """(n, C) bool: row k says which concepts `docs[k]` (default: every document) is a positive of."""
+        rows = range(self.n_docs) if docs is None else docs
+        out = np.zeros((len(rows), len(self.concepts)), dtype=bool)
+        for k, i in enumerate(rows):
+            out[k, list(self.concepts_of[i])] = True
+        return out
 
     def pairs_of(self, concept: int) -> list[Pair]:
         return [p for p in self.pairs if p.concept == concept]
@@ -197,19 +208,6 @@ def _count_and_filter(
     return solved, skipped
 
 
-def _single_concept(doc: DocumentLike, concepts: frozenset[str], index: Mapping[str, int]) -> int:
-    """The solved concept of a positive, NEGATIVE_ONLY if none; a text labelled with two solved concepts is refused
-    (the streaming totals give each document one group)."""
-    solved = sorted(c for c in concepts if c in index)
-    if len(solved) > 1:
-        raise SolverInputError(
-            f"document {doc.meta.get('source', doc.key)} ({doc.key[:12]}) is a positive of concepts {solved} "
-            f"(the same text labelled several times): solve one of them at a time with --label-field concept "
-            f"--positive NAME, or leave all but one out with --concepts"
-        )
-    return index[solved[0]] if solved else NEGATIVE_ONLY
-
-
 def story_labels(
     docs: Sequence[DocumentLike],
     *,
@@ -222,9 +220,10 @@ def story_labels(
     """Labels of the story layout (meta `role` positive|baseline, `concept`, `scenario`).
 
     Positives of concepts below `min_positives` (or outside `concepts`) stay in as negatives of the others:
-    they are still text about another concept. Pairs: each positive with a scenario is paired with the mean
-    of the fitted baselines of that scenario; positives without a scenario baseline are unpaired. Pairs and
-    each pair's baselines are listed in corpus order.
+    they are still text about another concept. A text labelled with several solved concepts (list values) is a
+    positive of each of them and a negative of none of them. Pairs: each positive with a scenario is paired with
+    the mean of the fitted baselines of that scenario (once per concept it is a positive of); positives without a
+    scenario baseline are unpaired. Pairs and each pair's baselines are listed in corpus order.
     """
     concept_sets: list[frozenset[str]] = []
     baseline: list[bool] = []
@@ -253,7 +252,7 @@ def story_labels(
     held = [lab and t for lab, t in zip(labelled, test, strict=True)]
     solved, skipped = _count_and_filter(concept_sets, fit, min_positives, concepts, "concept")
     index = {c: k for k, c in enumerate(solved)}
-    concept_of = tuple(_single_concept(d, s, index) for d, s in zip(docs, concept_sets, strict=True))
+    concepts_of = tuple(tuple(sorted(index[c] for c in s if c in index)) for s in concept_sets)
 
     order = corpus_order(docs)
     by_scenario: dict[object, dict[int, None]] = {}  # scenario -> its fitted baselines, in corpus order
@@ -267,12 +266,15 @@ def story_labels(
         for row in occurrences[i]
         if row["role"] == "positive" and row["concept"] in index and row["scenario"] in by_scenario
     ))
-    if sum(fit) == max(Counter(c for c, f in zip(concept_of, fit, strict=True) if f).values()):
-        raise SolverInputError(f"concept {solved[0]!r} has no negatives (no other concept or baseline): add some")
+    positives = Counter(c for cs, f in zip(concepts_of, fit, strict=True) if f for c in cs)
+    alone = [solved[c] for c, n in sorted(positives.items()) if n == sum(fit)]
+    if alone:
+        raise SolverInputError(f"concept {alone[0]!r} has no negatives (every fitted document is one of its "
+                               f"positives; no other concept or baseline): add some")
     return LabelSets(
         solved,
         tuple(d.key for d in docs),
-        concept_of,
+        concepts_of,
         tuple(baseline),
         tuple(fit),
         tuple(held),
@@ -312,19 +314,21 @@ def field_labels(
     held = [lab and t for lab, t in zip(labelled, test, strict=True)]
     sets = [frozenset(v) for v in values]
     solved, _ = _count_and_filter(sets, fit, 1, [positive], label_field)
-    concept_of = tuple(0 if positive in s else NEGATIVE_ONLY for s in sets)
-    if not any(f and c == NEGATIVE_ONLY for f, c in zip(fit, concept_of, strict=True)):
+    concepts_of = tuple((0,) if positive in s else () for s in sets)
+    if not any(f and not cs for f, cs in zip(fit, concepts_of, strict=True)):
         raise SolverInputError(
             f"every fitted document has {label_field}={positive!r}: negatives need another value of the field"
         )
-    pairs = () if pair_field is None else _field_pairs(docs, pair_field, fit, concept_of, f"{label_field}={positive!r}")
+    is_positive = [bool(cs) for cs in concepts_of]
+    named = f"{label_field}={positive!r}"
+    pairs = () if pair_field is None else _field_pairs(docs, pair_field, fit, is_positive, named)
     return LabelSets(
-        solved, tuple(d.key for d in docs), concept_of, (False,) * len(docs), tuple(fit), tuple(held), pairs,
+        solved, tuple(d.key for d in docs), concepts_of, (False,) * len(docs), tuple(fit), tuple(held), pairs,
         pairing=None if pair_field is None else f"pair field {pair_field!r}",
     )
 
 
-def _field_pairs(docs: Sequence[DocumentLike], pair_field: str, fit: Sequence[bool], concept_of: Sequence[int],
+def _field_pairs(docs: Sequence[DocumentLike], pair_field: str, fit: Sequence[bool], is_positive: Sequence[bool],
                  positive: str) -> tuple[Pair, ...]:
     """One pair per value of `pair_field` among the fitted documents, in corpus order of the positives."""
     order = corpus_order(docs)
@@ -340,8 +344,8 @@ def _field_pairs(docs: Sequence[DocumentLike], pair_field: str, fit: Sequence[bo
         )
     pairs = []
     for value, group in members.items():
-        pos = [i for i in group if concept_of[i] == 0]
-        neg = tuple(i for i in group if concept_of[i] != 0)
+        pos = [i for i in group if is_positive[i]]
+        neg = tuple(i for i in group if not is_positive[i])
         if len(pos) != 1 or not neg:
             raise SolverInputError(
                 f"pair {pair_field}={value!r} has {len(pos)} positive(s) and {len(neg)} negative(s) among the fitted "

@@ -14,7 +14,7 @@ import torch
 from actcache.solvers.aggregators import pair_store
 from actcache.solvers.errors import SolverInputError
 from actcache.solvers.finite import all_finite
-from actcache.solvers.labels import NEGATIVE_ONLY, LabelSets
+from actcache.solvers.labels import LabelSets
 from actcache.solvers.pooling import Pooling
 from actcache.solvers.subspace import trajectory_basis
 from actcache.solvers.sufficient_stats import Device, MomentTotals, PooledStore, PositionShare, ProjectorTotals
@@ -88,7 +88,7 @@ class LayerPass:
         self._moments = {str(p): MomentTotals(n_c, width, squares=plan.squares, device=device) for p in plan.poolings}
         self._positives: dict[str, PooledStore] = {}
         if plan.quality_cap is not None:
-            groups = {i: c for i, c in enumerate(labels.concept_of) if c != NEGATIVE_ONLY and labels.fit[i]}
+            groups = {i: cs for i, cs in enumerate(labels.concepts_of) if cs and labels.fit[i]}
             self._positives = {str(p): PooledStore(groups, cap=plan.quality_cap) for p in plan.poolings}
         self._pairs = {str(p): pair_store(labels) for p in plan.poolings} if plan.pairs else {}
         self._projectors: ProjectorTotals | None = None
@@ -98,13 +98,13 @@ class LayerPass:
             )
         self._pooled: dict[str, list[Tensor]] = {str(p): [] for p in plan.poolings}
         self._shares = {str(p): PositionShare() for p in plan.poolings if p.kind != "last"}
-        self._concepts: list[int] = []
+        self._docs: list[int] = []  # the buffered documents, flushed with their pooled vectors
 
     def feed(self, doc: int, h: np.ndarray | Tensor) -> None:
         """Feed document `doc` (index into the labels) with its token matrix `h` (n_tok, width)."""
         if not self.labels.fit[doc]:
             return
-        key, concept = self.labels.keys[doc], self.labels.concept_of[doc]
+        key, concepts = self.labels.keys[doc], self.labels.concepts_of[doc]
         x = torch.as_tensor(h).to(self.device)  # (n_tok, d)
         if x.shape[-1] != self.width:
             raise ValueError(f"document {key}: width {x.shape[-1]} but the pass expects {self.width}")
@@ -124,20 +124,20 @@ class LayerPass:
                 self._positives[name].add(doc, pooled)
             if name in self._pairs:
                 self._pairs[name].add(doc, pooled)
-        self._concepts.append(concept)
-        if len(self._concepts) >= self.batch:
+        self._docs.append(doc)
+        if len(self._docs) >= self.batch:
             self._flush()
-        if self._projectors is not None and self._projectors.wants(concept):
-            self._projectors.add(trajectory_basis(x, self.plan.subspace_rank), concept)
+        if self._projectors is not None and self._projectors.wants(concepts):
+            self._projectors.add(trajectory_basis(x, self.plan.subspace_rank), concepts)
 
     def _flush(self) -> None:
-        if not self._concepts:
+        if not self._docs:
             return
-        concepts = torch.tensor(self._concepts)
+        members = torch.from_numpy(self.labels.membership(self._docs))  # (n, C) bool
         for name, rows in self._pooled.items():
-            self._moments[name].add_batch(torch.stack(rows), concepts)
+            self._moments[name].add_batch(torch.stack(rows), members)
             rows.clear()
-        self._concepts.clear()
+        self._docs.clear()
 
     def finish(self) -> LayerStats:
         """Flush the buffers and hand over the accumulators (the pass is done after this)."""

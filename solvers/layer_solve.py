@@ -143,14 +143,14 @@ def heldout_scores(vectors: Tensor, read: LayerRead, pooling: Pooling, moments: 
     """Per concept on the test split: AUROC of the projections, the balanced accuracy of the threshold halfway
     between the projected train means of positives and negatives, and the separation in standard deviations."""
     pooled = read.test_pooled[str(pooling)]
-    concept_of = [labels.concept_of[i] for i in read.test_docs]
+    members = labels.membership(read.test_docs)  # (n_test, C): a document may be a positive of several concepts
     auroc: list[float | None] = [None] * vectors.shape[0]
     separation: list[float | None] = [None] * vectors.shape[0]
-    if concept_of:
-        auroc = projection_auroc(vectors, pooled, concept_of)
-        separation = projection_separation(vectors, pooled, concept_of)
+    if read.test_docs:
+        auroc = projection_auroc(vectors, pooled, members)
+        separation = projection_separation(vectors, pooled, members)
     accuracy: list[float | None] = []
-    truth = torch.as_tensor(concept_of, dtype=torch.long)
+    truth = torch.from_numpy(members)
     for c in range(vectors.shape[0]):
         if auroc[c] is None:
             accuracy.append(None)
@@ -159,7 +159,7 @@ def heldout_scores(vectors: Tensor, read: LayerRead, pooling: Pooling, moments: 
         mean_pos, mean_neg = moments.means(c)
         threshold = float(v @ (mean_pos.cpu() + mean_neg.cpu()) / 2)
         predicted = (pooled.double() @ v) > threshold
-        positive = truth == c
+        positive = truth[:, c]
         tpr = float(predicted[positive].double().mean())
         tnr = float((~predicted[~positive]).double().mean())
         accuracy.append((tpr + tnr) / 2)

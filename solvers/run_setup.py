@@ -92,7 +92,7 @@ def open_run(cache_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     from actcache.storage import open_cache
 
     out = check_output(out_dir, settings.overwrite)
-    reader = open_cache(Path(cache_path))
+    reader = open_cache(cache_path)
     if "resid_post" not in reader.hooks:
         raise SolverInputError(f"cache {cache_path} has no resid_post activations: rebuild it with --hooks resid_post")
     docs = reader.documents()

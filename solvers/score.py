@@ -41,7 +41,7 @@ def score_cache(cache_path: str | os.PathLike[str], readout_dir: str | os.PathLi
     (`all`: every layer of the readout), and write the JSON lines to `out` (written whole, then renamed)."""
     from actcache.storage import open_cache
 
-    reader = open_cache(Path(cache_path))
+    reader = open_cache(cache_path)
     readout = _load(Path(readout_dir), method)
     try:
         wanted, missing = select_layers(layers, readout.layers, model_layer_count(reader.fingerprint))

@@ -4,6 +4,9 @@ They replace materialising all samples: CAA and the per-head ranking need only p
 squares, the subspace method only sums of projectors. Each accumulator can be merged with another (Ray
 fan-in) and exported as a dict of tensors (safetensors-friendly, for shipping between tasks).
 
+A document may be a positive of several concepts (the same text labelled several times): it counts once in
+every concept it belongs to and once in the totals over every document, never in those concepts' negatives.
+
 Memory (d = width, C = concepts, float64):
 - `MomentTotals`: 2 x (C + 1) x d (sums, and sums of squares when asked).
 - `ProjectorTotals`: d x d for the total plus d x d per tracked concept; the caller picks how many concepts
@@ -17,14 +20,17 @@ import random
 from collections.abc import Iterable, Mapping
 
 import torch
-from actcache.solvers.labels import NEGATIVE_ONLY
 from torch import Tensor
 
 Device = str | torch.device
 
 
 class MomentTotals:
-    """Per-concept sums (and sums of squares) of pooled vectors; the last row is the negative-only group.
+    """Per-concept sums (and sums of squares) of pooled vectors; the last row sums every document once.
+
+    Row c sums the positives of concept c (a document of several concepts is in each of their rows); the
+    negatives of c are every document minus c's row, so a document that is a positive of no concept counts
+    only in the last row: a negative of every concept.
 
     Sums are taken of `x - shift` with `shift` the first vector seen (shifted-data algorithm), so variances
     of activations with a large common offset do not cancel catastrophically in float64.
@@ -38,24 +44,29 @@ class MomentTotals:
         self.counts = torch.zeros(n_concepts + 1, dtype=torch.int64, device=self.device)  # (C+1,)
         self.shift: Tensor | None = None  # (d,)
 
-    def _row(self, concept: int) -> int:
-        return self.n_concepts if concept == NEGATIVE_ONLY else concept
+    def add(self, x: Tensor, concepts: Iterable[int]) -> None:
+        """Add one pooled vector `x` (d,) of a positive of each of `concepts` (none: a negative of every one)."""
+        members = torch.zeros(1, self.n_concepts, dtype=torch.bool)
+        members[0, list(concepts)] = True
+        self.add_batch(x[None], members)
 
-    def add(self, x: Tensor, concept: int) -> None:
-        """Add one pooled vector `x` (d,) of a positive of `concept` (or NEGATIVE_ONLY)."""
-        self.add_batch(x[None], torch.tensor([concept]))
-
-    def add_batch(self, xs: Tensor, concepts: Tensor) -> None:
-        """Add pooled vectors `xs` (n, d) with their concept indices (n,) (NEGATIVE_ONLY allowed)."""
+    def add_batch(self, xs: Tensor, members: Tensor) -> None:
+        """Add pooled vectors `xs` (n, d); `members` (n, C) bool says which concepts each is a positive of."""
+        if tuple(members.shape) != (xs.shape[0], self.n_concepts):
+            raise ValueError(f"membership shape {tuple(members.shape)} != ({xs.shape[0]}, {self.n_concepts})")
         xs = xs.to(self.device, torch.float64)
         if self.shift is None:
             self.shift = xs[0].clone()
-        rows = torch.where(concepts == NEGATIVE_ONLY, self.n_concepts, concepts).to(self.device)
+        docs, concepts = members.to(self.device).nonzero(as_tuple=True)  # one entry per (document, its concept)
         centred = xs - self.shift  # (n, d)
-        self.sums.index_add_(0, rows, centred)
+        self.sums.index_add_(0, concepts, centred[docs])
+        self.sums[self.n_concepts] += centred.sum(dim=0)
         if self.squares is not None:
-            self.squares.index_add_(0, rows, centred * centred)
-        self.counts.index_add_(0, rows, torch.ones_like(rows))
+            squared = centred * centred
+            self.squares.index_add_(0, concepts, squared[docs])
+            self.squares[self.n_concepts] += squared.sum(dim=0)
+        self.counts.index_add_(0, concepts, torch.ones_like(concepts))
+        self.counts[self.n_concepts] += xs.shape[0]
 
     def merge(self, other: MomentTotals) -> None:
         """Add `other`'s totals into these (re-expressed around this accumulator's shift)."""
@@ -74,20 +85,21 @@ class MomentTotals:
         self.counts += other.counts.to(self.device)
 
     def _split(self, concept: int, table: Tensor) -> tuple[Tensor, Tensor]:
-        """(row of `concept`, sum of every other row) of a per-group table."""
-        own = table[self._row(concept)]
-        return own, table.sum(dim=0) - own
+        """(`concept`'s row: its positives, the every-document row minus it: its negatives) of a table."""
+        own = table[concept]
+        return own, table[self.n_concepts] - own
 
     def n_positive(self, concept: int) -> int:
-        return int(self.counts[self._row(concept)])
+        return int(self.counts[concept])
 
     def n_negative(self, concept: int) -> int:
-        return int(self.counts.sum() - self.counts[self._row(concept)])
+        return int(self.counts[self.n_concepts] - self.counts[concept])
 
     def means(self, concept: int) -> tuple[Tensor, Tensor]:
         """(mean of the positives, mean of the negatives) of `concept`, float64 (d,) each.
 
-        mean(N_c) = (S - S_c) / (n - n_c) with S over every fitted document: the totals formula of SOLVERS.md.
+        mean(N_c) = (S - S_c) / (n - n_c) with S over every fitted document (each once, whatever its number of
+        concepts): the totals formula of SOLVERS.md.
         """
         if self.shift is None:
             raise ValueError("no document was added")
@@ -135,10 +147,11 @@ class MomentTotals:
 class ProjectorTotals:
     """Sums of projectors V_i V_i^T of document trajectory bases, in total and for tracked concepts.
 
-    `with_total` keeps T (every fitted document, d x d); `concepts` lists the concepts whose T_c (d x d each)
-    is kept. A pass that tracks every concept decomposes each document once; under a memory budget the
-    caller tracks a few concepts per pass and, in later passes, feeds only those concepts' positives into
-    a `ProjectorTotals(with_total=False)` (see `actcache.solvers.layer_pass.subspace_batches`).
+    `with_total` keeps T (every fitted document once, d x d); `concepts` lists the concepts whose T_c (d x d
+    each) is kept; a document adds into the T_c of every tracked concept it is a positive of. A pass that tracks
+    every concept decomposes each document once; under a memory budget the caller tracks a few concepts per pass
+    and, in later passes, feeds only those concepts' positives into a `ProjectorTotals(with_total=False)` (see
+    `actcache.solvers.layer_pass.subspace_batches`).
 
     Bases are buffered up to `flush_columns` columns and added with one (d, K) x (K, d) product per
     total, so the d x d float64 accumulators are touched once per flush, not once per document.
@@ -158,7 +171,7 @@ class ProjectorTotals:
         keys: list[int | None] = ([None] if with_total else []) + list(concepts)  # None: the total T
         self._sums = {k: torch.zeros(width, width, dtype=torch.float64, device=self.device) for k in keys}
         self._counts: dict[int | None, int] = dict.fromkeys(keys, 0)
-        self._pending: list[tuple[Tensor, int]] = []
+        self._pending: list[tuple[Tensor, frozenset[int]]] = []
         self._pending_columns = 0
 
     @property
@@ -169,18 +182,20 @@ class ProjectorTotals:
     def concepts(self) -> list[int]:
         return [k for k in self._sums if k is not None]
 
-    def wants(self, concept: int) -> bool:
-        """Whether a document of `concept` (or NEGATIVE_ONLY) contributes: decompose it only if so."""
-        return self.has_total or concept in self._sums
+    def wants(self, concepts: Iterable[int]) -> bool:
+        """Whether a positive of `concepts` (none: a negative of every concept) contributes: decompose it only
+        if so."""
+        return self.has_total or any(c in self._sums for c in concepts)
 
-    def add(self, basis: Tensor, concept: int) -> None:
-        """Add one document's orthonormal basis `basis` (d, k) of a positive of `concept` / NEGATIVE_ONLY."""
-        if not self.wants(concept):
+    def add(self, basis: Tensor, concepts: Iterable[int]) -> None:
+        """Add one document's orthonormal basis `basis` (d, k); the document is a positive of `concepts`."""
+        members = frozenset(concepts)
+        if not self.wants(members):
             return
-        self._pending.append((basis.to(self.device, torch.float32), concept))
+        self._pending.append((basis.to(self.device, torch.float32), members))
         self._pending_columns += basis.shape[1]
-        for key in (None, concept):
-            if key in self._counts:
+        for key in self._counts:
+            if key is None or key in members:
                 self._counts[key] += 1
         if self._pending_columns >= self.flush_columns:
             self.flush()
@@ -188,7 +203,7 @@ class ProjectorTotals:
     def flush(self) -> None:
         """Add the buffered bases into the float64 totals."""
         for key, total in self._sums.items():
-            cols = [b for b, c in self._pending if key is None or c == key]
+            cols = [b for b, members in self._pending if key is None or key in members]
             if cols:
                 w = torch.cat(cols, dim=1)  # (d, K)
                 total += (w @ w.T).to(torch.float64)
@@ -230,44 +245,51 @@ class ProjectorTotals:
 
 
 class PooledStore:
-    """Pooled vectors of chosen documents, at most `cap` per group, kept by a seeded reservoir.
+    """Pooled vectors of chosen documents, at most `cap` per group, kept by a seeded reservoir per group.
 
-    Used for what needs individual samples: the quality PCA and alignments (group = concept, capped) and the
-    paired aggregators (every paired document, uncapped). Kept on the CPU in float32.
+    Used for what needs individual samples: the quality PCA and alignments (groups = the concepts a document is
+    a positive of, capped) and the paired aggregators (every paired document, one group, uncapped). A document
+    in several groups is offered to each group's reservoir; its vector is held once. Kept on the CPU in float32.
     """
 
-    def __init__(self, groups: Mapping[int, int], *, cap: int | None = None, seed: int = 0) -> None:
-        self.groups = dict(groups)  # doc index -> group
+    def __init__(self, groups: Mapping[int, Iterable[int]], *, cap: int | None = None, seed: int = 0) -> None:
+        self.groups = {doc: tuple(g) for doc, g in groups.items() if g}  # doc index -> its groups
         self.cap = cap
         self._rng = random.Random(seed)
         self._seen: dict[int, int] = {}
-        self.kept: dict[int, dict[int, Tensor]] = {}  # group -> doc index -> (d,)
+        self.kept: dict[int, set[int]] = {}  # group -> kept doc indices
+        self._vectors: dict[int, Tensor] = {}  # doc index -> (d,), shared by its groups
 
     def add(self, doc: int, x: Tensor) -> None:
-        """Offer document `doc`'s pooled vector `x` (d,); ignored unless the document belongs to a group."""
-        group = self.groups.get(doc)
-        if group is None:
+        """Offer document `doc`'s pooled vector `x` (d,) to each of its groups (ignored if it has none)."""
+        groups = self.groups.get(doc, ())
+        if not groups:
             return
-        kept = self.kept.setdefault(group, {})
-        seen = self._seen.get(group, 0)
-        self._seen[group] = seen + 1
         vec = x.detach().to("cpu", torch.float32).clone()
-        if self.cap is None or len(kept) < self.cap:
-            kept[doc] = vec
-            return
-        slot = self._rng.randrange(seen + 1)
-        if slot < self.cap:
-            del kept[sorted(kept)[slot]]
-            kept[doc] = vec
+        for group in groups:
+            kept = self.kept.setdefault(group, set())
+            seen = self._seen.get(group, 0)
+            self._seen[group] = seen + 1
+            if self.cap is None or len(kept) < self.cap:
+                kept.add(doc)
+                self._vectors[doc] = vec
+                continue
+            slot = self._rng.randrange(seen + 1)
+            if slot < self.cap:
+                evicted = sorted(kept)[slot]
+                kept.discard(evicted)
+                kept.add(doc)
+                self._vectors[doc] = vec
+                if not any(evicted in self.kept.get(g, ()) for g in self.groups[evicted]):
+                    del self._vectors[evicted]
 
     def vectors(self, group: int) -> tuple[list[int], Tensor]:
         """(document indices ascending, their vectors (n, d)) kept for `group`."""
-        kept = self.kept.get(group, {})
-        docs = sorted(kept)
-        return docs, torch.stack([kept[i] for i in docs]) if docs else torch.empty(0)
+        docs = sorted(self.kept.get(group, ()))
+        return docs, torch.stack([self._vectors[i] for i in docs]) if docs else torch.empty(0)
 
     def vector(self, doc: int) -> Tensor:
-        return self.kept[self.groups[doc]][doc]
+        return self._vectors[doc]
 
     def n_seen(self, group: int) -> int:
         return self._seen.get(group, 0)

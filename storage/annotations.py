@@ -11,19 +11,20 @@ never touches the activations. docs/FORMAT.md is the spec.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .commit_log import LocalCommitLog
+from .backends.backend import StorageBackend
+from .backends.backend_url import open_backend
+from .commit_log import CommitLog
 from .errors import CacheError, CorruptCacheError
 from .fingerprint import canonical_json
-from .index import CommitIndex
-from .layout import ANNOTATIONS, COMMITS, annotation_name
+from .layout import ANNOTATIONS, annotation_name
 
-__all__ = ["AnnotationVersion", "AnnotationLog", "RelabelResult", "merge_metas", "relabel"]
+__all__ = ["AnnotationVersion", "AnnotationLog", "RelabelResult", "check_versions", "merge_metas", "relabel"]
 
 _PUBLISH_ATTEMPTS = 100  # versions that other labellers may publish between our listing and our link
 
@@ -74,12 +75,14 @@ def merge_metas(metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 class AnnotationLog:
     """The annotation versions of one cache (a folder of put-if-absent JSON records, like `commits/`)."""
 
-    def __init__(self, cache: str | Path) -> None:
-        self._log = LocalCommitLog(Path(cache) / ANNOTATIONS)
+    def __init__(self, backend: StorageBackend) -> None:
+        self._log = CommitLog(backend, ANNOTATIONS)
 
     def versions(self) -> list[int]:
-        """Published version numbers, ascending (version 0, the commit records, is implicit)."""
-        return sorted(int(name.removesuffix(".json")) for name in self._log.names())
+        """Published version numbers, ascending (version 0, the commit records, is implicit); a stray file of
+        another name is no version (`check_versions` reports it)."""
+        stems = (name.removesuffix(".json") for name in self._log.names())
+        return sorted(int(stem) for stem in stems if stem.isdigit())
 
     def read(self, version: int) -> AnnotationVersion:
         name = annotation_name(version)
@@ -129,15 +132,39 @@ class RelabelResult:
     not_cached: int
 
 
-def relabel(cache: str | Path, metas: Mapping[str, Mapping[str, Any]], source: str) -> RelabelResult:
+def relabel(cache: str | os.PathLike[str], metas: Mapping[str, Mapping[str, Any]], source: str) -> RelabelResult:
     """Publish a version with every cached document of `metas` (key -> metadata) whose current metadata differs.
 
     Documents not in `metas` keep theirs; nothing is written when nothing changed.
     """
-    cache = Path(cache)
-    committed = CommitIndex.load(LocalCommitLog(cache / COMMITS)).docs
-    log = AnnotationLog(cache)
+    from .snapshots import SnapshotLog  # it reads annotation versions itself
+
+    backend = open_backend(cache)
+    committed = SnapshotLog(backend).current().index.docs
+    log = AnnotationLog(backend)
     current = log.overlay({k: committed[k].record.meta for k in metas if k in committed})
     changed = {k: dict(m) for k, m in metas.items() if k in current and canonical_json(m) != canonical_json(current[k])}
     version = log.publish(changed, source).version if changed else None
     return RelabelResult(len(changed), version, sum(k not in committed for k in metas))
+
+
+def check_versions(backend: StorageBackend) -> list[tuple[str, str]]:
+    """(file, what is wrong and the fix) for every file of `annotations/` that does not read as the version its
+    name says: `actcache verify` lists them all, where a reader stops at the first."""
+    log = AnnotationLog(backend)
+    problems = []
+    for name in CommitLog(backend, ANNOTATIONS).names():
+        where, stem = f"{ANNOTATIONS}/{name}", name.removesuffix(".json")
+        if not stem.isdigit():
+            problems.append((where, "not an annotation version (those are named <version>.json): move it out of "
+                                    f"{ANNOTATIONS}/"))
+            continue
+        try:
+            version = log.read(int(stem))
+        except CacheError as error:
+            problems.append((where, str(error)))
+            continue
+        if version.version != int(stem):
+            problems.append((where, f"holds version {version.version} under the name of version {int(stem)}: restore "
+                                    f"it from a backup, or move it away and relabel with `actcache label`"))
+    return problems

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .index import CommitRecord
     from .reader import CacheReader
 
-__all__ = ["cache_info", "label_summary", "lossy_error"]
+__all__ = ["cache_info", "duplicate_documents", "label_summary", "lossy_error"]
 
 MOST_COMMON = 3  # values shown per label field
 
@@ -33,11 +33,11 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
     row_bytes = sum(fp.widths[h] * storage_dtype(array_dtype(h, fp.dtype)).itemsize for h in fp.capture.hooks)
     committed = {r.segment for r in records}
     raw = sum(sum(d.n_tokens for d in r.documents) for r in records) * row_bytes * len(fp.capture.layers)
-    usage = disk_usage(reader.path, committed)
+    usage = disk_usage(reader.backend, committed)
     source = reader.model_source or {}
     documents = reader.documents()
     return {
-        "path": str(reader.path),
+        "path": reader.url,
         "model": {"name": source.get("name") or (Path(source["path"]).name if source.get("path") else None),
                   "architecture": fp.model.get("architecture"),
                   "digest": fp.model_digest[:16]},  # weights + config only
@@ -52,6 +52,7 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
         "truncation_side": fp.capture.truncation_side,
         "documents": len(documents),
         "tokens": sum(d.n_tokens for d in documents),
+        "duplicate_documents": duplicate_documents(records),
         "units": len(records),
         "truncated_documents": sum(1 for d in documents if d.original_tokens > d.n_tokens),
         "label_fields": label_summary(d.meta for d in documents),
@@ -64,6 +65,13 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
         "uncommitted_bytes": usage.uncommitted,
         "annotation_versions": reader.annotation_versions(),
     }
+
+
+def duplicate_documents(records: Iterable[CommitRecord]) -> int:
+    """Documents stored by more than one commit: computed twice (writers whose claims lapsed, or an actcache
+    without document claims); readers use the first commit's copy."""
+    stored = Counter(doc.key for record in records for doc in record.documents)
+    return sum(1 for n in stored.values() if n > 1)
 
 
 def lossy_error(records: Iterable[CommitRecord]) -> dict[str, dict[str, Any]]:

@@ -3,14 +3,16 @@
 zarr's generic write path (event loop, buffers, codec pipeline) costs about 2.7x the compression itself on this
 machine (~100 vs ~270 MB per CPU-second for 1 MiB chunks): too much beside a forward pass. Writers therefore
 encode whole chunks here with the same numcodecs objects zarr uses and store them under zarr's chunk keys; zarr
-remains the reader, and every test reads what this wrote through zarr. The token loader decodes whole chunks
-the same way (`ChunkDecoder`: zarr's read path has the same overhead); its tests compare with zarr's reads.
+remains the reader, and every test reads what this wrote through zarr. The token loader and the solvers' streams
+decode whole chunks the same way (`ChunkDecoder`: zarr's read path has the same overhead), reading chunk objects
+through the cache's `StorageBackend` so that a cache on s3:// reads as one on a disk; their tests compare with
+zarr's reads.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import crc32c
 import google_crc32c
@@ -20,32 +22,34 @@ from numcodecs import Shuffle, Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.codecs.numcodecs import Shuffle as ZarrShuffle
 
-from .durable import write_durably
 from .errors import CorruptCacheError
 from .layout import chunk_key
+
+if TYPE_CHECKING:
+    from .backends import StorageBackend
 
 __all__ = ["ChunkDecoder", "ChunkEncoder"]
 
 
-def _activation_codecs(array: zarr.Array, folder: Path) -> list:
+def _activation_codecs(array: zarr.Array, where: str) -> list:
     """The codecs of an activation array, refused unless they are the chain this module writes and reads."""
     codecs = list(array.metadata.codecs)  # type: ignore[union-attr]
     kinds = [type(c) for c in codecs]
     if kinds != [BytesCodec, ZarrShuffle, ZstdCodec, Crc32cCodec] or codecs[2].checksum:
-        raise ValueError(f"{folder}: unexpected codec chain {kinds}; this cache was not written by actcache")
+        raise ValueError(f"{where}: unexpected codec chain {kinds}; this cache was not written by actcache")
     return codecs
 
 
 class ChunkEncoder:
     """bytes (little endian) -> numcodecs.shuffle -> zstd -> crc32c, the chain `CacheWriter` gives activations."""
 
-    def __init__(self, array: zarr.Array, folder: Path) -> None:
-        codecs = _activation_codecs(array, folder)
+    def __init__(self, array: zarr.Array, backend: StorageBackend, key: str) -> None:
+        codecs = _activation_codecs(array, f"{backend.url}/{key}")
         self.chunk_rows = int(array.chunks[0])
         self.width = int(array.shape[1])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill = np.array(array.fill_value, dtype=self.dtype)
-        self.folder = folder
+        self.backend, self.key = backend, key
         self._shuffle = Shuffle(elementsize=self.dtype.itemsize)
         self._zstd = Zstd(level=codecs[2].level, checksum=False)
 
@@ -61,11 +65,9 @@ class ChunkEncoder:
         return bytes(payload) + checksum
 
     def write(self, chunk_index: int, rows: np.ndarray) -> None:
-        """Store one chunk under zarr's default v3 key (`layout.chunk_key`), fsynced on the writer's own thread so
-        that a commit never waits for a unit's worth of dirty pages."""
-        path = self.folder / chunk_key(chunk_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, self.encode(rows))
+        """Store one chunk under zarr's default v3 key (`layout.chunk_key`), made durable on the writer's own thread
+        (on a disk: fsynced) so that a commit never waits for a unit's worth of dirty pages."""
+        self.backend.put_unpublished(f"{self.key}/{chunk_key(chunk_index)}", self.encode(rows))
 
 
 _SCRATCH = threading.local()
@@ -81,46 +83,52 @@ def _scratch(purpose: str, nbytes: int) -> np.ndarray:
 
 
 class ChunkDecoder:
-    """The inverse chain for readers that need speed (the token loader): file -> crc32c check -> zstd -> unshuffle.
+    """The inverse chain for readers that need speed (the token loader, the solvers' streams): object -> crc32c
+    check -> zstd -> unshuffle.
 
     Every step but the first check runs without the GIL (file reads, zstd, numpy byte copies), so decoding threads
     scale with cores; numcodecs' own unshuffle holds the GIL (measured: no gain from a second thread), hence the
-    byte-plane copies below. A missing chunk file or a bad checksum is a CorruptCacheError, never NaN fill.
+    byte-plane copies below. A missing chunk object or a bad checksum is a CorruptCacheError, never NaN fill.
     """
 
-    def __init__(self, array: zarr.Array, folder: Path) -> None:
-        _activation_codecs(array, folder)
+    def __init__(self, array: zarr.Array, backend: StorageBackend, key: str) -> None:
+        """`key`: the array's key under the backend's root (`segments/<id>/<hook>/layer_<L>`)."""
+        _activation_codecs(array, f"{backend.url}/{key}")
         self.chunk_rows = int(array.chunks[0])
         self.width = int(array.shape[1])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
-        self.folder = folder
+        self.backend = backend
+        self.key = key
         self._zstd = Zstd()
 
     def planes(self, chunk_index: int) -> np.ndarray:
         """The chunk's decompressed bytes as [itemsize, chunk_rows * width] byte planes (the shuffled layout).
 
-        File bytes and planes live in buffers of the calling thread, valid until its next call: a fresh megabyte
+        Stored bytes and planes live in buffers of the calling thread, valid until its next call: a fresh megabyte
         per chunk would cost more in page faults than zstd costs (measured: ~2x the decode time in kernel time).
         """
-        path = self.folder / chunk_key(chunk_index)
+        key = f"{self.key}/{chunk_key(chunk_index)}"
+        where = f"{self.backend.url}/{key}"
         size = self.dtype.itemsize
         nbytes = self.chunk_rows * self.width * size
         stored = _scratch("file", nbytes + (nbytes >> 4) + 1024)  # zstd's worst case is ~nbytes + nbytes/256
         try:
-            with open(path, "rb") as handle:
-                length = handle.readinto(stored.data)
+            length = self.backend.read_into(key, stored.data)
         except FileNotFoundError:
-            raise CorruptCacheError(f"{path} is missing but its unit is committed: run `actcache verify "
-                                    f"{self.folder.parents[3]}` to list the damaged documents") from None
+            raise CorruptCacheError(f"{where} is missing but its unit is committed: run `actcache verify "
+                                    f"{self.backend.url}` to list the damaged documents") from None
+        except ValueError:  # the buffer holds the largest frame a chunk of this array can compress to
+            raise CorruptCacheError(f"{where} is larger than a chunk of {self.chunk_rows}x{self.width} values can "
+                                    "be: run `actcache verify` on the cache") from None
         payload = stored.data[:length - 4]
-        if length < 4 or length == len(stored) or crc32c.crc32c(payload) != int.from_bytes(
+        if length < 4 or crc32c.crc32c(payload) != int.from_bytes(
                 stored[length - 4:length], "little"):
-            raise CorruptCacheError(f"{path}: crc32c checksum mismatch: run `actcache verify` on the cache")
+            raise CorruptCacheError(f"{where}: crc32c checksum mismatch: run `actcache verify` on the cache")
         raw = _scratch("planes", nbytes)
         try:  # the checksum vouches for the bytes; zstd refuses a frame larger than a chunk
             self._zstd.decode(payload, out=raw)
         except (RuntimeError, ValueError) as error:
-            raise CorruptCacheError(f"{path}: does not decode to {self.chunk_rows}x{self.width} values of {size} "
+            raise CorruptCacheError(f"{where}: does not decode to {self.chunk_rows}x{self.width} values of {size} "
                                     f"bytes ({error}): run `actcache verify` on the cache") from None
         return raw.reshape(size, -1)
 

@@ -1,10 +1,11 @@
 """Claims: who is working on what, as records that expire unless their owner renews them (a lease).
 
 A claim record is {subject, owner, host, pid, expires} in the cache's `claims/` folder, published with the commit
-log's exclusive put (two writers cannot both claim a subject), renewed by atomic replace, and broken by atomic
-take once it has expired. A writer claims each segment before creating it and renews its claims from a background
-thread, so `gc` can tell a live writer's segment from a dead one's without guessing from file ages. Several
-writers on one cache use the same records to claim documents before computing them.
+log's exclusive put (two writers cannot both claim a subject), renewed and taken over by compare-and-swap
+(`replace_if_version`: S3 If-Match, or rename-aside on a disk), and broken once it has expired. A writer claims
+each segment before creating it and renews its claims from a background thread, so `gc` can tell a live writer's
+segment from a dead one's without guessing from file ages. Several writers on one cache use the same records to
+claim documents before computing them.
 
 Expiry is wall-clock time: hosts that share a cache need synchronised clocks (NTP), well within the lease.
 """
@@ -23,15 +24,25 @@ from typing import Any
 from .commit_log import CommitLog
 from .errors import CacheError
 
-__all__ = ["LEASE_SECONDS", "Claim", "ClaimBoard", "Lease", "segment_subject"]
+__all__ = ["LEASE_SECONDS", "DOCUMENT_BUCKET_CHARS", "Claim", "ClaimBoard", "Lease", "segment_subject",
+           "document_subject"]
 
 LEASE_SECONDS = 60.0  # a claim not renewed for this long belongs to a writer that died or stalled
+# Documents are claimed by bucket: the first 3 hex characters of their key (4096 buckets), the same for every writer
+# whatever its corpus or batch plan. A claim per key costs ~3 requests per document (claim; read and delete on
+# release); per bucket a large corpus costs ~3 per bucket, a small one (a document a bucket) the same as per key.
+DOCUMENT_BUCKET_CHARS = 3
 _SUBJECT = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+$")
 
 
 def segment_subject(segment_id: str) -> str:
     """The subject a writer claims for a segment it fills."""
     return f"segment/{segment_id}"
+
+
+def document_subject(key: str) -> str:
+    """The subject a writer claims before computing the document with content key `key`: its key bucket."""
+    return f"document/{key[:DOCUMENT_BUCKET_CHARS]}"
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ def _record_name(subject: str) -> str:
 
 
 class ClaimBoard:
-    """The claim records of one cache, over a commit log folder (exclusive put, atomic replace and take)."""
+    """The claim records of one cache, over a commit log folder (exclusive put, compare-and-swap, delete)."""
 
     def __init__(self, log: CommitLog) -> None:
         self.log = log
@@ -93,44 +104,63 @@ class ClaimBoard:
         return out
 
     def try_claim(self, claim: Claim) -> Claim | None:
-        """Publish `claim`; on a conflict return the holder's live claim (an expired one is broken first)."""
+        """Publish `claim`; on a conflict return the holder's live claim. An expired claim is taken over with a
+        compare-and-swap, so of several writers taking over the same claim exactly one gets it."""
         name = _record_name(claim.subject)
         while not self.log.put_if_absent(name, claim.to_dict()):
-            holder = self.get(claim.subject)
-            if holder is not None and not self.break_expired(holder.subject):
+            try:
+                data, version = self.log.get_versioned(name)
+            except FileNotFoundError:  # released meanwhile: try to create it again
+                continue
+            holder = Claim.from_dict(data)
+            if not holder.expired():
                 return holder
+            if self.log.replace_if_version(name, claim.to_dict(), version) is not None:
+                return None
         return None
 
     def renew(self, claim: Claim, expires: float) -> Claim | None:
-        """Extend our own claim; None when it is no longer ours (it expired and was broken, or taken over)."""
-        current = self.get(claim.subject)
-        if current is None or current.owner != claim.owner:
+        """Extend our own claim; None when it is no longer ours (it expired and was taken over or broken)."""
+        name = _record_name(claim.subject)
+        try:
+            data, version = self.log.get_versioned(name)
+        except FileNotFoundError:
+            return None
+        if Claim.from_dict(data).owner != claim.owner:
             return None
         renewed = Claim(claim.subject, claim.owner, claim.host, claim.pid, expires)
-        self.log.replace(_record_name(claim.subject), renewed.to_dict())
+        if self.log.replace_if_version(name, renewed.to_dict(), version) is None:  # taken over between the two
+            return None
         return renewed
 
     def release(self, claim: Claim) -> None:
-        """Drop our claim (after the commit, or when the work is abandoned); someone else's is left alone."""
+        """Drop our claim (after the commit, or when the work is abandoned); someone else's is left alone.
+
+        A holder releases with a third of its lease to spare (`Lease.check` before publishing), so the record
+        read here cannot expire and change owner before the delete.
+        """
         current = self.get(claim.subject)
         if current is not None and current.owner == claim.owner:
-            taken = self.log.take(_record_name(claim.subject))
-            if taken is not None and Claim.from_dict(taken).owner != claim.owner:  # replaced meanwhile: put back
-                self.log.put_if_absent(_record_name(claim.subject), taken)
+            self.log.delete(_record_name(claim.subject))
 
     def break_expired(self, subject: str, now: float | None = None) -> bool:
         """Remove the claim on `subject` if it has expired; False when it is live (then it is left in place).
 
-        The record is taken atomically, so of several breakers one wins; a claim renewed between the check and
-        the take is put back, and its owner keeps it.
+        The expired record is first swapped for a tombstone, so a stalled owner that wakes up can no longer renew it
+        (its swap fails and `Lease.check` refuses its commit); only then is it deleted. For segment claims, whose
+        subjects no other writer ever claims.
         """
-        current = self.get(subject)
-        if current is not None and not current.expired(now):
+        name = _record_name(subject)
+        try:
+            data, version = self.log.get_versioned(name)
+        except FileNotFoundError:
+            return True
+        if not Claim.from_dict(data).expired(now):
             return False
-        taken = self.log.take(_record_name(subject))
-        if taken is not None and not Claim.from_dict(taken).expired(now):
-            self.log.put_if_absent(_record_name(subject), taken)
-            return False
+        tombstone = Claim(subject, "broken-by-gc", "", 0, 0.0)
+        if self.log.replace_if_version(name, tombstone.to_dict(), version) is None:
+            return False  # renewed (or taken over) between the read and the swap
+        self.log.delete(name)
         return True
 
 
@@ -153,17 +183,24 @@ class Lease:
 
     def take(self, subject: str) -> None:
         """Claim `subject`, or CacheError naming the live writer that holds it."""
-        claim = Claim(subject, self.owner, self.host, self.pid, time.time() + self.lease_s)
-        holder = self.board.try_claim(claim)
+        holder = self.try_take(subject)
         if holder is not None:
             raise CacheError(f"{subject} is claimed by another writer ({holder.describe()}): wait for it, or run "
                              f"`actcache gc` once its lease has expired")
+
+    def try_take(self, subject: str) -> Claim | None:
+        """Claim `subject` (taking over an expired claim); the live holder's claim when another writer has it."""
+        claim = Claim(subject, self.owner, self.host, self.pid, time.time() + self.lease_s)
+        holder = self.board.try_claim(claim)
+        if holder is not None:
+            return holder
         with self._lock:
             self._held[subject] = claim
             if self._thread is None:
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._renew_forever, name="actcache-lease", daemon=True)
                 self._thread.start()
+        return None
 
     def check(self, subject: str) -> None:
         """CacheError unless `subject` is still ours with a third of the lease to spare (time to publish)."""

@@ -12,15 +12,15 @@ __all__ = ["register", "format_info"]
 
 def register(subparsers: Any) -> None:
     info = subparsers.add_parser("info", help="show a cache's model, hooks, layers, documents and sizes")
-    info.add_argument("cache", help="cache folder")
+    info.add_argument("cache", help="cache folder or s3://bucket/prefix")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=run_info)
     verify = subparsers.add_parser("verify", help="check every checksum and commit record of a cache")
-    verify.add_argument("cache", help="cache folder")
+    verify.add_argument("cache", help="cache folder or s3://bucket/prefix")
     verify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     verify.set_defaults(func=run_verify)
     gc = subparsers.add_parser("gc", help="delete segments and temp files left by crashed writers")
-    gc.add_argument("cache", help="cache folder")
+    gc.add_argument("cache", help="cache folder or s3://bucket/prefix")
     gc.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
                     help="segments no writer claims (written by an older actcache): only those untouched this long; "
                          "a claimed segment is kept while its writer's lease is renewed")
@@ -45,7 +45,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"             {info['dtype']}, up to {info['max_length']} tokens ({info['truncation_side']} truncation)"
         + ("" if info.get("store_as", "exact") == "exact" else f", stored as {info['store_as']} (lossy)"),
         f"fingerprint  {info['cache_fingerprint']} (model + tokenizer + dtype + capture: an append must match it)",
-        f"documents    {info['documents']} ({info['truncated_documents']} truncated to {info['max_length']} tokens)",
+        f"documents    {info['documents']} ({info['truncated_documents']} truncated to {info['max_length']} tokens)"
+        + (f", {info['duplicate_documents']} stored twice (readers use the first)" if info["duplicate_documents"]
+           else ""),
         *_label_lines(info["label_fields"]),
         f"tokens       {info['tokens']} in {info['units']} committed units",
         f"on disk      {info['bytes_on_disk'] / 2**20:.1f} MiB "

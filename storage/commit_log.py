@@ -1,83 +1,58 @@
-"""Commit records: the one place where a unit of work becomes visible, written last and atomically.
+"""Folders of JSON records in a cache (commits, claims, annotations), published through the cache's backend.
 
-The same put-if-absent folder of JSON records also holds claims (storage/claims.py), which add an atomic
-replace (renewing a lease) and an atomic take (breaking an expired one).
+A commit record is the one place where a unit of work becomes visible: written last, exactly once (`put_if_absent`,
+so no unit is ever committed twice). Claims add a compare-and-swap (`replace_if_version`) to renew a lease and to
+take an expired one over; the same operations run on a POSIX disk and on S3 (storage/backends/).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
-from .atomic_dir import TEMP_MARK
-from .backends.local import LocalBackend
-from .durable import fsync_dir
+from .backends.backend import StorageBackend
 
-__all__ = ["CommitLog", "LocalCommitLog"]
+__all__ = ["CommitLog"]
 
 
-class CommitLog(ABC):
-    """Put-if-absent JSON records. A second commit of the same unit loses, so no unit is ever committed twice."""
+class CommitLog:
+    """The records under `folder` of `backend`: named `<name>.json`, each a JSON object."""
 
-    @abstractmethod
+    def __init__(self, backend: StorageBackend, folder: str) -> None:
+        self.backend = backend
+        self.folder = folder
+
     def put_if_absent(self, name: str, record: dict[str, Any]) -> bool:
         """Write `record` under `name` atomically; False when a record of that name already exists."""
+        return self.backend.put_if_absent(self._key(name), _encode(record))
 
-    @abstractmethod
-    def names(self) -> list[str]:
-        """Names of every committed record, sorted."""
-
-    @abstractmethod
-    def get(self, name: str) -> dict[str, Any]: ...
-
-    @abstractmethod
     def replace(self, name: str, record: dict[str, Any]) -> None:
         """Overwrite (or create) `name` atomically: a reader sees the old record or the new one, never a mix."""
+        self.backend.put(self._key(name), _encode(record))
 
-    @abstractmethod
-    def take(self, name: str) -> dict[str, Any] | None:
-        """Remove `name` atomically and return what it held; None when it is gone (someone else took it)."""
+    def replace_if_version(self, name: str, record: dict[str, Any], version: str) -> str | None:
+        """Overwrite `name` only if it is still at `version` (from `get_versioned`); the new version, else None."""
+        return self.backend.put_if_version(self._key(name), _encode(record), version)
 
-
-class LocalCommitLog(CommitLog):
-    """A folder on a local or shared POSIX disk, published through `LocalBackend`: write a temp file, fsync, then
-    hard-link it into place (exclusive: `link` fails when the target exists) or rename it over (replace), then
-    fsync the folder, so a published record survives a power loss.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._files = LocalBackend(folder)
-
-    def put_if_absent(self, name: str, record: dict[str, Any]) -> bool:
-        return self._files.put_if_absent(name, _encode(record))
-
-    def replace(self, name: str, record: dict[str, Any]) -> None:
-        self._files.put(name, _encode(record))
-
-    def take(self, name: str) -> dict[str, Any] | None:
-        aside = self.folder / f"{TEMP_MARK}taken-{uuid.uuid4().hex}.json"
-        try:
-            os.rename(self.folder / name, aside)  # atomic: of two takers, one gets the record, the other ENOENT
-        except FileNotFoundError:
-            return None
-        try:
-            return dict(json.loads(aside.read_text()))
-        finally:
-            aside.unlink()
-            fsync_dir(self.folder)
+    def delete(self, name: str) -> None:
+        self.backend.delete(self._key(name))
 
     def names(self) -> list[str]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(p.name for p in self.folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        """Names of every record, sorted (records in sub-folders are not this log's)."""
+        prefix = f"{self.folder}/"
+        return [key[len(prefix):] for key in self.backend.list_prefix(prefix)
+                if key.endswith(".json") and "/" not in key[len(prefix):]]
 
     def get(self, name: str) -> dict[str, Any]:
-        return json.loads((self.folder / name).read_text())
+        """The record; FileNotFoundError when there is none."""
+        return dict(json.loads(self.backend.get(self._key(name))))
+
+    def get_versioned(self, name: str) -> tuple[dict[str, Any], str]:
+        data, version = self.backend.get_versioned(self._key(name))
+        return dict(json.loads(data)), version
+
+    def _key(self, name: str) -> str:
+        return f"{self.folder}/{name}"
 
 
 def _encode(record: dict[str, Any]) -> bytes:

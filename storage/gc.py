@@ -3,7 +3,7 @@
 A writer claims each segment before creating it and renews the claim while it lives (storage/claims.py), so a
 segment is removed only when its claim has expired (or, for a segment with no claim, e.g. one written by an older
 actcache, when it is older than `older_than_s`). Committed data is never touched: the commit record is looked up
-again after the claim, so a unit that was committed while gc ran is kept.
+again after the claim, so a unit that was committed while gc ran is kept. The same on a disk and on S3.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic_dir import TEMP_MARK
+from .backends.backend import ObjectInfo, StorageBackend
+from .backends.backend_url import open_backend
+from .backends.local import LocalBackend
 from .claims import LEASE_SECONDS, ClaimBoard, segment_subject
-from .commit_log import LocalCommitLog
-from .index import CommitIndex
-from .layout import CLAIMS, COMMITS, SEGMENTS, commit_name
-from .root import open_root
+from .commit_log import CommitLog
+from .layout import CLAIMS, COMMITS, SEGMENTS, commit_name, segment_path
+from .root import GROUP_METADATA, open_root
+from .snapshots import SnapshotLog
 
 __all__ = ["GarbageReport", "collect_garbage"]
 
@@ -37,7 +40,7 @@ class GarbageReport:
     kept: dict[str, str] = field(default_factory=dict)  # uncommitted segment -> why it was kept
 
 
-def collect_garbage(path: str | Path, older_than_s: float = 3600.0, dry_run: bool = False,
+def collect_garbage(location: str | os.PathLike[str], older_than_s: float = 3600.0, dry_run: bool = False,
                     temp_age_s: float = LEASE_SECONDS) -> GarbageReport:
     """Remove uncommitted segments whose writer is gone, and temp files older than `temp_age_s`.
 
@@ -45,46 +48,59 @@ def collect_garbage(path: str | Path, older_than_s: float = 3600.0, dry_run: boo
     with no claim falls back to its age (`older_than_s` since its last change). A temp file lives for
     milliseconds, so one older than a lease was left by a killed process.
     """
-    path = Path(path)
-    open_root(path)  # refuse anything that is not a cache
-    log = LocalCommitLog(path / COMMITS)
-    committed = {r.segment for r in CommitIndex.load(log).records}
-    board = ClaimBoard(LocalCommitLog(path / CLAIMS))
+    backend = open_backend(location)
+    open_root(backend)  # refuse anything that is not a cache
+    log = CommitLog(backend, COMMITS)
+    committed = {r.segment for r in SnapshotLog(backend).current().records}
+    board = ClaimBoard(CommitLog(backend, CLAIMS))
     report = GarbageReport()
     now = time.time()
-    segments = path / SEGMENTS
-    for folder in sorted(segments.iterdir()) if segments.is_dir() else []:
-        if folder.name in committed or not folder.is_dir():
+    for segment_id, objects in sorted(_segments(backend).items()):
+        if segment_id in committed:
             continue
-        reason = _keep_reason(folder, board, older_than_s, now, dry_run)
-        if reason is None and _committed_now(log, folder):
+        reason = _keep_reason(segment_id, objects, board, older_than_s, now, dry_run)
+        if reason is None and _committed_now(backend, log, segment_id):
             reason = "committed while gc ran"
         if reason is not None:
-            report.kept[folder.name] = reason
+            report.kept[segment_id] = reason
             continue
-        report.segments.append(folder.name)
+        report.segments.append(segment_id)
         if not dry_run:
-            shutil.rmtree(folder)
+            backend.delete_prefix(f"{segment_path(segment_id)}/")
+    existing = _segments(backend) if not dry_run else {}
     for claim in board.claims():  # a writer killed between claiming and creating its segment
         segment_id = claim.subject.removeprefix("segment/")
-        if claim.subject == segment_subject(segment_id) and claim.expired(now) and not (segments / segment_id).exists():
+        if claim.subject == segment_subject(segment_id) and claim.expired(now) and segment_id not in existing \
+                and segment_id not in report.segments:
             report.claims.append(claim.subject)
             if not dry_run:
                 board.break_expired(claim.subject, now)
-    for temp in _stale_temp_files(path, now - temp_age_s):
-        report.temp_files.append(str(temp.relative_to(path)))
-        if dry_run:
-            continue
-        if temp.is_dir():
-            shutil.rmtree(temp, ignore_errors=True)
-        else:
-            temp.unlink(missing_ok=True)
+    if isinstance(backend, LocalBackend):  # an object store has no half-written objects
+        for temp in _stale_temp_files(backend.root, now - temp_age_s):
+            report.temp_files.append(str(temp.relative_to(backend.root)))
+            if dry_run:
+                continue
+            if temp.is_dir():
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                temp.unlink(missing_ok=True)
     return report
 
 
-def _keep_reason(folder: Path, board: ClaimBoard, older_than_s: float, now: float, dry_run: bool) -> str | None:
+def _segments(backend: StorageBackend) -> dict[str, dict[str, ObjectInfo]]:
+    """segment id -> its objects, from one listing of `segments/`."""
+    found: dict[str, dict[str, ObjectInfo]] = {}
+    for key, info in backend.list_info(f"{SEGMENTS}/").items():
+        segment_id, _, rest = key[len(SEGMENTS) + 1:].partition("/")
+        if rest:
+            found.setdefault(segment_id, {})[rest] = info
+    return found
+
+
+def _keep_reason(segment_id: str, objects: dict[str, ObjectInfo], board: ClaimBoard, older_than_s: float,
+                 now: float, dry_run: bool) -> str | None:
     """Why an uncommitted segment must stay, or None when its writer is gone (an expired claim is broken here)."""
-    subject = segment_subject(folder.name)
+    subject = segment_subject(segment_id)
     claim = board.get(subject)
     if claim is not None:
         if not claim.expired(now):
@@ -92,18 +108,18 @@ def _keep_reason(folder: Path, board: ClaimBoard, older_than_s: float, now: floa
         if not dry_run and not board.break_expired(subject, now):
             return "its writer renewed its lease while gc ran"
         return None
-    age = now - max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+    age = now - max(info.modified for info in objects.values())
     if age < older_than_s:
         return (f"no writer claims it, but it changed {age:.0f} s ago (< --older-than {older_than_s:.0f} s; "
                 f"an older actcache writer may still be filling it)")
     return None
 
 
-def _committed_now(log: LocalCommitLog, folder: Path) -> bool:
+def _committed_now(backend: StorageBackend, log: CommitLog, segment_id: str) -> bool:
     """Whether a commit record now names this segment (a writer commits, then releases its claim)."""
     try:
-        unit_id = json.loads((folder / "zarr.json").read_text())["attributes"]["unit_id"]
-        return bool(log.get(commit_name(unit_id))["segment"] == folder.name)
+        metadata = json.loads(backend.get(f"{segment_path(segment_id)}/{GROUP_METADATA}"))
+        return bool(log.get(commit_name(metadata["attributes"]["unit_id"]))["segment"] == segment_id)
     except (OSError, KeyError, ValueError):
         return False
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .commit_log import CommitLog
 from .records import ArrayManifest, DocRecord
 
 __all__ = ["DocLocation", "CommitRecord", "CommitIndex"]
@@ -68,11 +68,10 @@ class CommitIndex:
     docs: dict[str, DocLocation] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, log: CommitLog) -> CommitIndex:
-        records = [CommitRecord.from_dict(log.get(name)) for name in log.names()]
-        records.sort(key=lambda r: (r.created, r.unit_id))
+    def of(cls, records: Iterable[CommitRecord]) -> CommitIndex:
+        """The index of these records, in commit order (time, then unit id: the same order for every reader)."""
         index = cls()
-        for record in records:
+        for record in sorted(records, key=lambda r: (r.created, r.unit_id)):
             index.add(record)
         return index
 

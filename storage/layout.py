@@ -14,6 +14,8 @@ __all__ = [
     "COMMITS",
     "CLAIMS",
     "ANNOTATIONS",
+    "SNAPSHOTS",
+    "TAGS",
     "TOKEN_IDS",
     "DOC_OFFSETS",
     "TEXT_BYTES",
@@ -23,6 +25,7 @@ __all__ = [
     "segment_path",
     "commit_name",
     "annotation_name",
+    "snapshot_name",
     "chunk_tokens_for",
     "CHUNK_DIR",
     "chunk_key",
@@ -34,6 +37,8 @@ SEGMENTS = "segments"
 COMMITS = "commits"
 CLAIMS = "claims"  # who is writing what, with a lease (storage/claims.py)
 ANNOTATIONS = "annotations"  # label versions beside the activations (storage/annotations.py)
+SNAPSHOTS = "snapshots"  # commit records folded into manifests (storage/snapshots.py)
+TAGS = "tags"  # named snapshots (storage/snapshots.py)
 TOKEN_IDS = "token_ids"
 DOC_OFFSETS = "doc_offsets"
 # each document's UTF-8 text (absent from segments built with --no-text): bytes, and CSR offsets into them
@@ -59,6 +64,11 @@ def segment_path(segment_id: str) -> str:
 
 def commit_name(unit_id: str) -> str:
     return f"{unit_id}.json"
+
+
+def snapshot_name(sequence: int) -> str:
+    """File of snapshot manifest `sequence` (zero-padded: names sort as sequences)."""
+    return f"{sequence:08d}.json"
 
 
 def annotation_name(version: int) -> str:

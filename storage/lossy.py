@@ -22,13 +22,14 @@ import numpy as np
 from .store_modes import STORE_MODES
 
 __all__ = ["STORE_MODES", "check_mode", "is_scaled", "code_dtype", "code_dtype_name", "read_dtype", "scale_name",
-           "encode", "decode", "row_errors", "summarize", "combine", "DequantizedArray"]
+           "row_bytes", "encode", "decode", "row_errors", "summarize", "combine", "DequantizedArray"]
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127
 _SCALED = {"fp8": FP8_MAX, "int8": float(INT8_MAX)}
 _CODES = {"bfloat16": ("uint16", "bfloat16"), "fp8": ("uint8", "float8_e4m3fn"), "int8": ("int8", "int8")}
 FP8_NAN = 0x7F
+SCALE_DTYPE = np.dtype(np.float32)  # one per token row of a scaled mode
 
 
 def _fp8_table() -> np.ndarray:
@@ -72,6 +73,14 @@ def read_dtype(mode: str, compute_dtype: str) -> str:
     if check_mode(mode) == "exact":
         return compute_dtype
     return "bfloat16" if mode == "bfloat16" else "float32"
+
+
+def row_bytes(mode: str, width: int, exact_itemsize: int) -> int:
+    """Bytes one token row of `width` values takes before compression: the compute dtype's `exact_itemsize` per
+    value (exact), or the mode's code size, plus the scaled modes' float32 scale (what `plan` sizes a store by)."""
+    if check_mode(mode) == "exact":
+        return width * exact_itemsize
+    return width * code_dtype(mode).itemsize + (SCALE_DTYPE.itemsize if is_scaled(mode) else 0)
 
 
 def scale_name(hook: str, layer: int) -> str:

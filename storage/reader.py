@@ -5,22 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from .annotations import AnnotationLog
-from .commit_log import LocalCommitLog
+from .backends.backend_url import open_backend
 from .dtypes import to_torch, widen_to_float32
 from .errors import CacheError, CorruptCacheError, NonFiniteError
 from .hook_points import array_dtype, is_integer_hook
-from .index import CommitIndex, CommitRecord, DocLocation
-from .layout import CHUNK_DIR, COMMITS, TOKEN_IDS, activation_name, parse_activation_name, segment_path
+from .index import CommitRecord, DocLocation
+from .layout import TOKEN_IDS, activation_name, parse_activation_name, segment_path
 from .lossy import DequantizedArray, is_scaled, read_dtype, scale_name
-from .root import open_root
+from .root import open_root, stored_row_chunks
+from .segment_stream import stream_segment
+from .snapshots import SnapshotLog
 
 if TYPE_CHECKING:
     import torch
@@ -45,28 +46,53 @@ class Document:
     original_tokens: int
 
 
-def open_cache(path: str | Path, annotations: int | None = None) -> CacheReader:
-    """A read-only handle on the committed contents of a cache.
+def open_cache(location: str | os.PathLike[str], annotations: int | None = None, *, tag: str | None = None,
+               ) -> CacheReader:
+    """A read-only handle on the committed contents of a cache: a folder, or `s3://bucket/prefix` (endpoint and
+    credentials from the standard AWS_* variables). It never writes: read-only credentials and mounts suffice.
 
     `annotations` picks the label version documents carry in `meta` (None: the newest; 0: the metadata each
-    document was first built with; see storage/annotations.py).
+    document was first built with; see storage/annotations.py). `tag` reads exactly the state `actcache tag` pinned
+    under that name (documents and labels), whatever was appended or relabelled since. The reader sees one
+    consistent snapshot for its lifetime; `refresh()` moves it to the newest.
     """
-    return CacheReader(path, annotations)
+    return CacheReader(location, annotations, tag=tag)
 
 
 class CacheReader:
     """Committed documents only: a unit being written, or left by a crashed writer, is invisible."""
 
-    def __init__(self, path: str | Path, annotations: int | None = None) -> None:
-        self.path = Path(path)
-        self._group, self.fingerprint = open_root(self.path)
-        self._index = CommitIndex.load(LocalCommitLog(self.path / COMMITS))
-        self._metas = AnnotationLog(self.path).overlay(
-            {key: loc.record.meta for key, loc in self._index.docs.items()}, annotations)  # key -> current labels
+    def __init__(self, location: str | os.PathLike[str], annotations: int | None = None, *,
+                 tag: str | None = None) -> None:
+        self.backend = open_backend(location)
+        self.url = self.backend.url
+        self.tag = tag
+        self._annotations = annotations
+        self._group, self.fingerprint = open_root(self.backend)
+        snapshots = SnapshotLog(self.backend)
+        self.snapshot = snapshots.tagged(tag) if tag is not None else snapshots.current()
+        if tag is not None and annotations is not None and annotations != self.snapshot.annotation_version:
+            raise CacheError(f"tag {tag!r} pins annotation version {self.snapshot.annotation_version}: leave out "
+                             f"annotations={annotations} (or open the cache without the tag)")
+        self._index = self.snapshot.index
+        upto = self.snapshot.annotation_version if tag is not None else annotations
+        self._metas = AnnotationLog(self.backend).overlay(
+            {key: loc.record.meta for key, loc in self._index.docs.items()}, upto)  # key -> current labels
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._missing: dict[tuple[str, str], frozenset[int]] = {}  # (segment, array) -> chunks the store lacks
 
+    def refresh(self) -> None:
+        """Move to the newest committed state (a tagged reader stays at its tag)."""
+        fresh = CacheReader(self.url, self._annotations, tag=self.tag)
+        self.__dict__.clear()  # cached views of the old state go too
+        self.__dict__.update(fresh.__dict__)
+
     # -- what is in the cache -------------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """Where the cache is, as messages name it (the same as `url`: a folder, or s3://bucket/prefix)."""
+        return self.url
+
     @property
     def dtype(self) -> str:
         return self.fingerprint.dtype
@@ -116,7 +142,7 @@ class CacheReader:
     def annotation_versions(self) -> list[dict[str, Any]]:
         """Every published label version (number, time, source, documents it relabels), oldest first; version 0,
         the metadata of the commit records, is implicit."""
-        log = AnnotationLog(self.path)
+        log = AnnotationLog(self.backend)
         return [log.read(v).summary() for v in log.versions()]
 
     def commit_records(self) -> list[CommitRecord]:
@@ -179,37 +205,15 @@ class CacheReader:
                 by_segment.setdefault(loc.segment, []).append(loc)
         for segment, locs in by_segment.items():
             name = activation_name(hook, layer)
-            stream = self._stream_segment(self._array(segment, name), locs, block_bytes)
+            stream = stream_segment(self.backend, self._array(segment, name), locs, block_bytes,
+                                    require=partial(self._require_chunks, segment, name))  # ChunkDecoder threads
             for loc, rows in stream:
-                self._require_chunks(segment, name, loc.start, loc.stop)
                 out = self._values(hook, rows)
                 if check_finite and not np.isfinite(out).all():  # name every such document of this unit
                     bad = [loc.record.key] + [other.record.key for other, more in stream
                                               if not np.isfinite(self._values(hook, more)).all()]
                     raise self._non_finite(hook, layer, bad)
                 yield self.document(loc.record.key), out
-
-    def _stream_segment(self, array: zarr.Array, locs: list[DocLocation],
-                        block_bytes: int) -> Iterator[tuple[DocLocation, np.ndarray]]:
-        """(location, stored rows) of `locs` in row order; a block read covers several documents."""
-        chunk_rows = int(array.chunks[0])
-        row_bytes = array.shape[1] * array.dtype.itemsize
-        block_rows = max(chunk_rows, (block_bytes // row_bytes) // chunk_rows * chunk_rows)
-        block_start = block_end = 0
-        block = np.empty((0, array.shape[1]), array.dtype)
-        for loc in sorted(locs, key=lambda item: item.start):
-            if loc.stop > block_end:
-                # extend the window to cover this document; rows already read are kept, never read twice
-                first = loc.start // chunk_rows * chunk_rows
-                if first >= block_end:
-                    tail, read_from = block[:0], first
-                else:
-                    first = max(first, block_start)
-                    tail, read_from = block[first - block_start:], block_end
-                block_end = min(array.shape[0], max(loc.stop, read_from + block_rows))
-                block = np.concatenate([tail, np.asarray(array[read_from:block_end])])
-                block_start = first
-            yield loc, block[loc.start - block_start:loc.stop - block_start]
 
     # -- the next step after a solve: pooled matrices, texts, one xarray Dataset (each in its own module) ------
     def pooled(self, hook: str, layer: int, pooling: str | Pooling = "last", where: Where | None = None, *,
@@ -287,7 +291,7 @@ class CacheReader:
                              f"or {own}")
         settings = LoaderSettings(hooks, layers, batch_size, shuffle, seed, rank, world_size, buffer_tokens,
                                   parse_positions(positions), epochs, dtype)
-        return TokenDataset(self.path, own, dict(self.fingerprint.widths), self._index.records,
+        return TokenDataset(self.backend, own, dict(self.fingerprint.widths), self._index.records,
                             self.documents(), settings, where, threads, store_as=self.store_as)
 
     def _segment_rows(self, segment: str, name: str, start: int, stop: int) -> np.ndarray:
@@ -326,7 +330,7 @@ class CacheReader:
             else:  # token ids and offsets: their count follows from the array's own shape
                 array = self._array(segment, name)
                 expected = -(-int(array.shape[0]) // int(array.chunks[0]))
-            present = _stored_row_chunks(self.path / segment_path(segment) / name / CHUNK_DIR)
+            present = stored_row_chunks(self.backend, f"{segment_path(segment)}/{name}")
             missing = frozenset(range(expected)) - present
             self._missing[(segment, name)] = missing
         return missing
@@ -423,14 +427,3 @@ class CacheReader:
         name = activation_name(hook, layer)
         self._require_chunks(loc.segment, name, start, stop)
         return np.asarray(self._array(loc.segment, name)[start:stop])
-
-
-def _stored_row_chunks(folder: Path) -> set[int]:
-    """Row-chunk indices that have a chunk file under an array's `c/` folder (`c/<i>` or `c/<i>/<j>`): one walk,
-    no stat per file."""
-    present: set[int] = set()
-    for root, _, files in os.walk(folder):
-        if files:
-            rel = os.path.relpath(root, folder)
-            present.update(map(int, files) if rel == "." else [int(rel.split(os.sep)[0])])
-    return present

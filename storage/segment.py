@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -24,19 +23,22 @@ from .lossy import decode, encode, row_errors, summarize
 from .records import ArrayManifest
 from .root import child_array
 
+if TYPE_CHECKING:
+    from .backends.backend import StorageBackend
+
 __all__ = ["SegmentWriter"]
 
 
 class _ArrayStream:
     """Rows waiting for a whole chunk, and the next row to write."""
 
-    def __init__(self, array: zarr.Array, folder: Path, dtype: str) -> None:
+    def __init__(self, array: zarr.Array, backend: StorageBackend, key: str, dtype: str) -> None:
         self.array = array
         self.dtype = dtype  # the values' true dtype (the cache's, or the hook's own, e.g. int16 expert ids)
         self.mode = str(array.attrs.get("actcache_store_as", "exact"))  # lossy codes: storage/lossy.py
         self.errors: list[tuple[np.ndarray, np.ndarray]] = []  # a lossy array's (rel. L2 error, cosine) per row
         self.non_finite = 0
-        self.encoder = ChunkEncoder(array, folder)
+        self.encoder = ChunkEncoder(array, backend, key)
         self.chunk_rows = int(array.chunks[0])
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
@@ -62,20 +64,20 @@ class SegmentWriter:
     blocks queued so that a slow disk slows the producer instead of filling memory.
     """
 
-    def __init__(self, cache_path: str | Path, segment_id: str, names: list[str], dtype: str, *,
+    def __init__(self, backend: StorageBackend, segment_id: str, names: list[str], dtype: str, *,
                  threads: int = 2, max_pending: int = 16) -> None:
-        group = zarr.open_group(zarr.storage.LocalStore(str(cache_path)), path=segment_path(segment_id), mode="r+")
-        folder = Path(cache_path) / segment_path(segment_id)
+        group = zarr.open_group(backend.zarr_store(read_only=False), path=segment_path(segment_id), mode="r+")
+        folder = segment_path(segment_id)
         self.segment_id = segment_id
         self.dtype = dtype
-        self._streams = {name: _ArrayStream(child_array(group, name), folder / name,
+        self._streams = {name: _ArrayStream(child_array(group, name), backend, f"{folder}/{name}",
                                             array_dtype(parse_activation_name(name)[0], dtype)) for name in names}
         self._scales: dict[str, _ArrayStream] = {}  # array name -> its per-token scales (scaled lossy modes)
         for name in names:
             scales = self._streams[name].array.attrs.get("actcache_scale")
             if isinstance(scales, str):
-                self._scales[name] = self._streams[scales] = _ArrayStream(child_array(group, scales),
-                                                                          folder / scales, "float32")
+                self._scales[name] = self._streams[scales] = _ArrayStream(child_array(group, scales), backend,
+                                                                          f"{folder}/{scales}", "float32")
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []

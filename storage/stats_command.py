@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     stats = subparsers.add_parser("stats", help="per (hook, layer) mean, std and token-norm quantiles, in one pass")
-    stats.add_argument("cache", help="cache folder")
+    stats.add_argument("cache", help="cache folder or s3://bucket/prefix")
     stats.add_argument("--hooks", default="all", help="comma-separated hooks, or all")
     stats.add_argument("--layers", default="all", help="layers: e.g. 8,15, -1 (the last layer) or all")
     stats.add_argument("--out", type=Path, help="write the JSON here (with the per-feature mean and std) and print a "

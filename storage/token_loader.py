@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from .pooled import select_documents
 from .token_plan import LoaderSettings, LoaderSettingsError, Piece, TokenPlan
 
 if TYPE_CHECKING:
+    from .backends import StorageBackend
     from .pooled import Where
     from .reader import Document
 
@@ -51,11 +51,11 @@ class TokenDataset(IterableDataset[Batch]):
     continue with batch k+1 of the same run, in-process or per DataLoader worker (`StatefulDataLoader`).
     """
 
-    def __init__(self, path: Path, cache_dtype: str, widths: dict[str, int], records: Sequence[CommitRecord],
-                 documents: Sequence[Document], settings: LoaderSettings, where: Where | None = None,
-                 threads: int | None = None, *, store_as: str = "exact") -> None:
+    def __init__(self, backend: StorageBackend, cache_dtype: str, widths: dict[str, int],
+                 records: Sequence[CommitRecord], documents: Sequence[Document], settings: LoaderSettings,
+                 where: Where | None = None, threads: int | None = None, *, store_as: str = "exact") -> None:
         super().__init__()
-        self.path = path
+        self.backend = backend  # the cache's store: chunks are read through it (a disk or s3://)
         self.settings = settings
         self.threads = threads
         self._cache_dtype = cache_dtype  # the dtype rows are held in: the stored one, float32 for scaled codes
@@ -110,8 +110,8 @@ class TokenDataset(IterableDataset[Batch]):
             by_id = {r.unit_id: r for r in self._records}
             lost = [u for u in state["units"] if u not in by_id]
             if lost:
-                raise CacheError(f"{len(lost)} unit(s) the run read are no longer committed in {self.path} (e.g. "
-                                 f"{lost[0]}): resume on the cache the run started on")
+                raise CacheError(f"{len(lost)} unit(s) the run read are no longer committed in {self.backend.url} "
+                                 f"(e.g. {lost[0]}): resume on the cache the run started on")
             self.plan = self._plan([by_id[u] for u in state["units"]])
         if self.plan.digest != state["selection"]:
             raise CacheError("the documents this run selects changed since the state was taken (labels relabelled, "
@@ -240,7 +240,7 @@ class _WindowReader:
         self.slots = slots
         self.shared = shared
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="actcache-tokens")
-        self.store = zarr.storage.LocalStore(str(owner.path), read_only=True)
+        self.store = owner.backend.zarr_store()
         self.decoders: dict[tuple[int, str], ChunkDecoder] = {}
         self.windows: dict[tuple[int, int], _Window] = {}
         self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -301,9 +301,9 @@ class _WindowReader:
     def _decoder(self, segment: int, name: str) -> ChunkDecoder:
         decoder = self.decoders.get((segment, name))
         if decoder is None:
-            path = f"{segment_path(self.owner.plan.records[segment].segment)}/{name}"
-            array = zarr.open_array(self.store, path=path, mode="r")
-            decoder = self.decoders[(segment, name)] = ChunkDecoder(array, self.owner.path / path)
+            key = f"{segment_path(self.owner.plan.records[segment].segment)}/{name}"
+            array = zarr.open_array(self.store, path=key, mode="r")
+            decoder = self.decoders[(segment, name)] = ChunkDecoder(array, self.owner.backend, key)
         return decoder
 
     def _fill(self, window: _Window, piece: Piece) -> None:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import zarr
 
-from .commit_log import LocalCommitLog
+from .backends.backend import StorageBackend
+from .backends.backend_url import open_backend
+from .commit_log import CommitLog
 from .errors import CacheError
 from .hook_points import is_integer_hook
 from .index import CommitRecord
-from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, chunk_key, segment_path
+from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, segment_path
 from .lossy import is_scaled, scale_name
-from .root import child_array, child_group, open_root
+from .root import child_array, child_group, open_root, stored_row_chunks
 
 __all__ = ["Problem", "VerifyReport", "verify_cache"]
 
@@ -39,11 +41,11 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_cache(path: str | Path, progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_cache(location: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Read every committed chunk once. `progress` is called with the number of chunks just checked."""
-    path = Path(path)
-    group, fingerprint = open_root(path)
-    log = LocalCommitLog(path / COMMITS)
+    backend = open_backend(location)
+    group, fingerprint = open_root(backend)
+    log = CommitLog(backend, COMMITS)
     expected = [activation_name(h, layer) for h in fingerprint.capture.hooks for layer in fingerprint.capture.layers]
     if is_scaled(fingerprint.capture.store_as):  # fp8/int8 codes' per-token scales (storage/lossy.py)
         expected += [scale_name(h, layer) for h in fingerprint.capture.hooks if not is_integer_hook(h)
@@ -59,7 +61,10 @@ def verify_cache(path: str | Path, progress: Callable[[int], None] | None = None
         report.documents += len(record.documents)
         if record.fingerprint != fingerprint.digest:
             report.problems.append(Problem(f"commits/{name}", "commit belongs to a different fingerprint"))
-        _verify_unit(path, group, record, expected, report, progress)
+        _verify_unit(backend, group, record, expected, report, progress)
+    from .annotations import check_versions  # the label versions beside the commits
+
+    report.problems += [Problem(where, message) for where, message in check_versions(backend)]
     return report
 
 
@@ -72,8 +77,8 @@ def _labels(record: CommitRecord, first_row: int, stop_row: int) -> tuple[str, .
     return tuple(labels)
 
 
-def _verify_unit(path: Path, group: zarr.Group, record: CommitRecord, expected: list[str], report: VerifyReport,
-                 progress: Callable[[int], None] | None) -> None:
+def _verify_unit(backend: StorageBackend, group: zarr.Group, record: CommitRecord, expected: list[str],
+                 report: VerifyReport, progress: Callable[[int], None] | None) -> None:
     seg = segment_path(record.segment)
     n_tokens = sum(d.n_tokens for d in record.documents)
     everyone = _labels(record, 0, n_tokens)
@@ -103,10 +108,11 @@ def _verify_unit(path: Path, group: zarr.Group, record: CommitRecord, expected: 
                                            everyone))
             continue
         rows = manifest.chunk_rows
+        present = stored_row_chunks(backend, f"{seg}/{name}")
         for i in range(manifest.n_chunks):
             where = f"{seg}/{name} chunk {i}"
             affected = _labels(record, i * rows, (i + 1) * rows)
-            if not (path / seg / name / chunk_key(i)).is_file():
+            if i not in present:
                 report.problems.append(Problem(where, "chunk file missing", affected))
                 continue
             try:

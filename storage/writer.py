@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,10 +14,11 @@ from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.codecs.numcodecs import Shuffle
 
+from .backends.backend import StorageBackend
+from .backends.backend_url import open_backend
 from .claims import LEASE_SECONDS, ClaimBoard, Lease, segment_subject
-from .commit_log import LocalCommitLog
+from .commit_log import CommitLog
 from .dtypes import fill_value, storage_dtype
-from .durable import fsync_tree
 from .errors import CacheError, NotACacheError, as_disk_full
 from .fingerprint import CacheFingerprint
 from .hook_points import HOOK_POINTS, array_dtype, is_integer_hook
@@ -37,6 +37,7 @@ from .lossy import code_dtype, code_dtype_name, is_scaled, scale_name
 from .records import ArrayManifest, ArraySpec, DocRecord
 from .root import check_same_fingerprint, create_root, open_root
 from .segment import SegmentWriter
+from .snapshots import FOLD_EVERY, SnapshotLog
 from .texts import write_texts
 
 __all__ = ["CacheWriter", "ZSTD_LEVEL"]
@@ -60,38 +61,49 @@ def _compressors(shuffle_bytes: int | None = None) -> list[BytesBytesCodec]:
 class CacheWriter:
     """Write side of a cache. Safe to open from many processes: each segment has one writer per array."""
 
-    def __init__(self, path: Path, fingerprint: CacheFingerprint, group: zarr.Group,
+    def __init__(self, backend: StorageBackend, fingerprint: CacheFingerprint, group: zarr.Group,
                  lease_s: float = LEASE_SECONDS) -> None:
-        self.path = path
+        self.backend = backend
+        self.url = backend.url
         self.fingerprint = fingerprint
         self._group = group
-        self._log = LocalCommitLog(path / COMMITS)
+        self._log = CommitLog(backend, COMMITS)
         # every begun segment is claimed until it is committed or abandoned, so `gc` never takes a live one
-        self._lease = Lease(ClaimBoard(LocalCommitLog(path / CLAIMS)), lease_s)
+        self.claims = ClaimBoard(CommitLog(backend, CLAIMS))
+        self._lease = Lease(self.claims, lease_s)
+        self._snapshots = SnapshotLog(backend)
+        self._since_fold = 0  # own commits not yet folded into a manifest
 
     @classmethod
-    def open(cls, path: str | Path, fingerprint: CacheFingerprint, model_source: dict[str, Any] | None = None,
-             *, lease_s: float = LEASE_SECONDS) -> CacheWriter:
+    def open(cls, location: str | os.PathLike[str], fingerprint: CacheFingerprint,
+             model_source: dict[str, Any] | None = None, *, lease_s: float = LEASE_SECONDS) -> CacheWriter:
         """Create the cache, or open it for append when its fingerprint is the same (else say which field differs).
 
-        `lease_s`: how long a segment claim lives without renewal (renewed every third of it while this writer is
-        alive); `gc` removes an uncommitted segment only after its claim expired.
+        `location`: a folder, or `s3://bucket/prefix`. Writers started together on an empty location all succeed:
+        one creates the cache and the others join it. `lease_s`: how long a segment claim lives without renewal
+        (renewed every third of it while this writer is alive); `gc` removes an uncommitted segment only after its
+        claim expired.
         """
-        path = Path(path)
+        backend = open_backend(location)
         try:
-            group, cached = open_root(path, mode="r+")
+            group, cached = open_root(backend, mode="r+")
         except NotACacheError:
-            try:  # refuses a non-empty folder that is not a cache
-                group = create_root(path, fingerprint, model_source)
+            try:  # refuses a location that holds something else; False: another writer created it just now
+                create_root(backend, fingerprint, model_source)
             except OSError as error:
-                raise (as_disk_full(error, str(path)) or error) from error
-            return cls(path, fingerprint, group, lease_s)
-        check_same_fingerprint(path, cached, fingerprint)
-        return cls(path, cached, group, lease_s)
+                raise (as_disk_full(error, backend.url) or error) from error
+            group, cached = open_root(backend, mode="r+")
+        check_same_fingerprint(backend.url, cached, fingerprint)
+        return cls(backend, cached, group, lease_s)
 
     def close(self) -> None:
-        """Release this writer's claims (segments not committed become garbage for `gc`) and stop renewing."""
-        self._lease.close()
+        """Fold what this writer committed, release its claims (segments not committed become garbage for `gc`)
+        and stop renewing."""
+        try:
+            if self._since_fold:
+                self.fold()
+        finally:
+            self._lease.close()
 
     def __enter__(self) -> CacheWriter:
         return self
@@ -101,7 +113,12 @@ class CacheWriter:
 
     def index(self) -> CommitIndex:
         """What is committed now (re-read each call: other writers may have committed)."""
-        return CommitIndex.load(self._log)
+        return self._snapshots.current().index
+
+    def fold(self) -> None:
+        """Fold the commit records into a snapshot manifest (storage/snapshots.py), so readers open it quickly."""
+        self._snapshots.fold()
+        self._since_fold = 0
 
     def array_specs(self) -> list[ArraySpec]:
         fp = self.fingerprint
@@ -137,7 +154,7 @@ class CacheWriter:
 
     def abandon(self, segment_id: str) -> None:
         """Delete a begun segment that will not be committed, and release its claim."""
-        shutil.rmtree(self.path / segment_path(segment_id), ignore_errors=True)
+        self.backend.delete_prefix(f"{segment_path(segment_id)}/")
         self._lease.release(segment_subject(segment_id))
 
     def _create_segment(self, segment_id: str, unit_id: str, docs: Sequence[DocRecord], token_ids: np.ndarray,
@@ -184,7 +201,7 @@ class CacheWriter:
         """A writer for `names` (default: every activation array) of a begun segment."""
         if names is None:
             names = [activation_name(s.hook, s.layer) for s in self.array_specs()]
-        return SegmentWriter(self.path, segment_id, list(names), self.fingerprint.dtype, **options)
+        return SegmentWriter(self.backend, segment_id, list(names), self.fingerprint.dtype, **options)
 
     def commit(self, unit_id: str, segment_id: str, docs: Sequence[DocRecord],
                manifests: Sequence[ArrayManifest]) -> bool:
@@ -201,13 +218,16 @@ class CacheWriter:
         subject = segment_subject(segment_id)
         self._lease.check(subject)  # a lapsed claim may have let gc remove the segment: never publish it then
         try:
-            fsync_tree(self.path / segment_path(segment_id))  # nothing the record names may be lost after it
+            self.backend.sync(f"{segment_path(segment_id)}/")  # nothing the record names may be lost after it
             committed = self._log.put_if_absent(commit_name(unit_id), record.to_dict())
         except OSError as error:
             self._lease.release(subject)
             raise (as_disk_full(error, f"the commit of unit {unit_id}") or error) from error
         if committed:
             self._lease.release(subject)
+            self._since_fold += 1
+            if self._since_fold >= FOLD_EVERY:
+                self.fold()
         else:  # someone else committed this unit first: ours is garbage
             self.abandon(segment_id)
         return committed

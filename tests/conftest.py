@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from s3_server import s3_server, s3_url  # noqa: F401 - fixtures, used by name (a real S3 server)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("ACTCACHE_HOME", str(REPO_ROOT / ".cache" / "actcache"))

@@ -30,7 +30,8 @@ def _request(url: str, token: str, data: bytes | None = None) -> dict[str, Any]:
             return result
     except urllib.error.HTTPError as err:
         try:
-            detail = json.loads(err.read()).get("detail", "")
+            body = json.loads(err.read())
+            detail = body.get("detail", "") + (f" (resets at {body['resets_at']})" if "resets_at" in body else "")
         except ValueError:
             detail = err.reason
         raise ServiceError(f"{url}: the service answered {err.code}: {detail}") from None

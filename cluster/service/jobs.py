@@ -1,43 +1,46 @@
-"""The service's jobs: each a JSON record and its corpus in a folder next to the cache, run one at a time.
+"""The service's jobs: planned against the cache and each other, run unit by unit in fair order, persisted.
 
-A job's record is rewritten atomically (temp file + rename) at every state change and at most once a second while
-it runs, so a service killed at any moment restarts with every queued or running job queued again, in submission
-order; the build itself resumes from its committed units, so nothing is computed twice.
+A submission is checked, stored (job_store.py) and planned at once (work_board.py): documents already cached or
+being computed for another job cost nothing, the rest become the job's units, which worker threads (one per
+engine runner, engines.py) take round robin across users. A job is done when its own units are committed and the
+documents it waited for are in the cache; then its labels are published (a document's `job` names the newest job
+that sent it). Records are saved at every state change and at most once a second while a job runs, so a service
+killed at any moment restarts with every queued or running job planned again, in submission order, from what is
+committed: nothing is computed twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import queue
-import re
 import secrets
 import sys
-import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from actcache.cache_builder.build import PreparedBuild
+from actcache.cache_builder.planning import TokenizedDoc, Unit
 from actcache.storage.errors import InputError
+
+from .engines import UnitRunner
+from .job_store import JobError, JobStore
+from .quotas import check_quota, usage
+from .users import User
+from .work_board import JobWork, WorkBoard
 
 __all__ = ["JobRecord", "JobRunner", "JobError", "TERMINAL_STATES"]
 
 TERMINAL_STATES = ("done", "failed")
 _SAVE_EVERY_S = 1.0
-_SERVICE_FIELDS = ("job",)  # set by the service on every document, so `open_cache(...).documents()` names its job
-
-
-class JobError(InputError):
-    """A submission the service refuses (its message names the line and the fix): HTTP 400."""
 
 
 @dataclass
 class JobRecord:
-    """What `GET /v1/jobs/{id}` answers; `tokens` counts the tokens computed so far."""
+    """What `GET /v1/jobs/{id}` answers; `tokens` counts the tokens computed so far by this service run,
+    `charged_tokens` every token computed for the job (what its user's daily quota counts)."""
 
     id: str
     name: str
@@ -51,6 +54,7 @@ class JobRecord:
     computed_documents: int = 0
     reused_documents: int = 0
     tokens: int = 0
+    charged_tokens: int = 0
     progress: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -59,122 +63,161 @@ class JobRecord:
 
 
 class JobRunner:
-    """Queue, persist and run jobs through `build_cache` with the service's resident model."""
+    """Plan, queue, persist and run jobs on the service's open cache (`prepared`, no units of its own)."""
 
-    def __init__(self, folder: str | Path, settings: Any, model: Any) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._settings = settings  # BuildSettings: the operator's capture spec; corpus and out are set per job
-        self._model = model
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._jobs = {r.id: r for r in self._load_records()}
+    def __init__(self, store: JobStore, prepared: PreparedBuild, runners: Sequence[UnitRunner]) -> None:
+        self.store = store
+        self._prepared = prepared
+        self._runners = list(runners)
+        settings = prepared.settings
+        self._board = WorkBoard(settings.unit_tokens, settings.batch_size)
+        self._cond = threading.Condition()  # guards the records and the board; workers wait on it for units
+        self._tokenizing = threading.Lock()
+        self._jobs = {r["id"]: JobRecord(**r) for r in store.records()}
         self._last_saved: dict[str, float] = {}
+        self._cache = str(settings.out)
 
     def start(self) -> None:
-        """Queue again every job a previous service left queued or running, then start the worker thread."""
+        """Plan again every job a previous service left queued or running, then start the worker threads."""
         for record in sorted(self._jobs.values(), key=lambda r: r.seq):
             if record.state not in TERMINAL_STATES:
-                record.state = "queued"
-                self._save(record)
-                self._queue.put(record.id)
-        threading.Thread(target=self._work, name="actcache-jobs", daemon=True).start()
+                record.state, record.started = "queued", None
+                record.computed_documents = record.tokens = 0
+                try:
+                    self._admit(record, self._tokenize(self.store.corpus(record.id)), user=None)
+                except InputError as err:
+                    self._finish(record, "failed", str(err))
+        for i, run in enumerate(self._runners):
+            threading.Thread(target=self._work, args=(run,), name=f"actcache-jobs-{i}", daemon=True).start()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        with self._lock:
+        with self._cond:
             record = self._jobs.get(job_id)
             return None if record is None else record.to_dict()
 
-    def submit(self, name: str, user: str, body: bytes) -> dict[str, Any]:
-        """Check the JSONL body (JobError names its bad line), store it tagged with the job id, and queue it."""
-        job_id = secrets.token_hex(8)
-        _write_corpus(body, self._corpus(job_id), job_id)
-        with self._lock:
-            seq = max((r.seq for r in self._jobs.values()), default=0) + 1
-            record = JobRecord(job_id, name, user, seq, cache=str(self._settings.out))
-            self._jobs[job_id] = record
-            self._save(record)
-        self._queue.put(job_id)
+    def usage(self, user: User) -> dict[str, Any]:
+        with self._cond:
+            return usage(user, [r.to_dict() for r in self._jobs.values()], time.time())
+
+    def submit(self, name: str, user: User, body: bytes) -> dict[str, Any]:
+        """Check the body (JobError names its bad line) and the user's quotas (QuotaExceeded), store and plan it."""
+        with self._cond:
+            check_quota(user, [r.to_dict() for r in self._jobs.values()], None, time.time())
+        record = JobRecord(secrets.token_hex(8), name, user.name, seq=0, cache=self._cache)
+        try:
+            self._admit(record, self._tokenize(self.store.put_corpus(record.id, body)), user)
+        except BaseException:
+            self.store.drop_corpus(record.id)
+            raise
         return record.to_dict()
 
-    def _corpus(self, job_id: str) -> Path:
-        return self.folder / f"{job_id}.jsonl"
+    def _tokenize(self, corpus: Sequence[Any]) -> list[TokenizedDoc]:
+        with self._tokenizing:  # a fast tokenizer is not safe to call from two threads at once
+            return self._prepared.tokenize(corpus)
 
-    def _work(self) -> None:
+    def _admit(self, record: JobRecord, docs: list[TokenizedDoc], user: User | None) -> None:
+        """Plan the job against the cache and the live jobs; with `user`, refuse it over quota first."""
+        cached = self._prepared.writer.index().docs  # read before the lock: what commits meanwhile, the board knows
+        with self._cond:
+            work = self._board.plan(record.id, record.user, docs, cached)
+            if user is not None:
+                check_quota(user, [r.to_dict() for r in self._jobs.values()], work.planned_tokens, time.time())
+                record.seq = max((r.seq for r in self._jobs.values()), default=0) + 1
+            self._jobs[record.id] = record
+            self._board.add(work)
+            record.reused_documents = work.reused
+            self._set_progress(record, work)
+            self._save(record)
+            if work.complete:
+                self._complete([work])
+            self._cond.notify_all()
+
+    def _work(self, run: UnitRunner) -> None:
         while True:
-            self._run(self._jobs[self._queue.get()])
+            with self._cond:
+                while (task := self._board.take()) is None:
+                    self._cond.wait()
+                work, unit = task
+                record = self._jobs[work.job_id]
+                if record.state == "queued":
+                    record.state, record.started = "running", time.time()
+                    self._save(record)
+            self._run(run, work, unit, record)
 
-    def _run(self, record: JobRecord) -> None:
-        from actcache.cache_builder.build import BuildReport, build_cache
-
-        def progress(report: BuildReport, documents: int, tokens: int) -> None:
-            rate = report.built_tokens / report.seconds if report.seconds else 0.0
-            with self._lock:
-                record.computed_documents, record.tokens = report.built_documents, report.built_tokens
-                record.reused_documents = report.reused_documents
-                record.progress = {"documents": documents, "documents_done": report.built_documents,
-                                   "tokens": tokens, "tokens_done": report.built_tokens, "tokens_per_s": rate,
-                                   "eta_s": (tokens - report.built_tokens) / rate if rate else None}
+    def _run(self, run: UnitRunner, work: JobWork, unit: Unit, record: JobRecord) -> None:
+        def on_batch(docs: Sequence[TokenizedDoc]) -> None:
+            tokens = sum(d.n_tokens for d in docs)
+            with self._cond:
+                record.computed_documents += len(docs)
+                record.tokens += tokens
+                record.charged_tokens += tokens
+                self._set_progress(record, work)
                 self._save(record, throttled=True)
 
-        with self._lock:
-            record.state, record.started = "running", time.time()
-            self._save(record)
-        settings = dataclasses.replace(self._settings, corpus=self._corpus(record.id), progress=False)
+        error = None
         try:
-            build_cache(settings, self._model, progress)
-            state, error = "done", None
+            run(unit, on_batch)
         except InputError as err:
-            state, error = "failed", str(err)
-        except Exception as err:  # a bug: the job fails, the service goes on with the next one
+            error = str(err)
+        except Exception as err:  # a bug: the job fails, the service goes on with the others
             traceback.print_exc(file=sys.stderr)
-            state, error = "failed", f"internal error: {err!r} (the service log has the traceback)"
-        with self._lock:
-            record.state, record.error, record.finished = state, error, time.time()
-            self._save(record)
+            error = f"internal error: {err!r} (the service log has the traceback)"
+        with self._cond:
+            if error is None:
+                complete = self._board.committed(work, unit)
+            else:  # its documents go to the jobs that wait for them
+                self._board.failed(work, unit)
+                complete = []
+                for other in self._board.jobs.values():
+                    self._set_progress(self._jobs[other.job_id], other)
+                if record.state != "failed":
+                    self._finish(record, "failed", error)
+            if work.failed and not work.running:
+                self._board.remove(work.job_id)
+            self._complete(complete)
+            self._cond.notify_all()
+
+    def _complete(self, works: list[JobWork]) -> None:
+        """Publish the labels of jobs whose documents are all in the cache, then mark them done (under the lock:
+        a document's label must not be published by two jobs at once)."""
+        for work in works:
+            self._board.remove(work.job_id)
+            record = self._jobs[work.job_id]
+            record.reused_documents = len(work.docs) - record.computed_documents
+            try:
+                self._label(record, work)
+            except InputError as err:
+                self._finish(record, "failed", f"its documents are cached, but labelling them failed: {err}")
+                continue
+            self._finish(record, "done", None)
+
+    def _label(self, record: JobRecord, work: JobWork) -> None:
+        """Give the job's documents its labels, except those a newer job sent (the newest sender's labels win)."""
+        from actcache.storage import open_cache
+        from actcache.storage.annotations import relabel
+
+        current = {d.key: d.meta.get("job") for d in open_cache(self._cache).documents() if d.key in work.docs}
+        seqs = {r.id: r.seq for r in self._jobs.values() if r.state != "failed"}
+        newer = {key for key, job in current.items() if isinstance(job, str) and seqs.get(job, 0) > record.seq}
+        mine = {key: doc.meta for key, doc in work.docs.items() if key not in newer}
+        relabel(self._cache, mine, f"job {record.id}")
+
+    def _finish(self, record: JobRecord, state: str, error: str | None) -> None:
+        record.state, record.error, record.finished = state, error, time.time()
+        self._save(record)
+
+    def _set_progress(self, record: JobRecord, work: JobWork) -> None:
+        """Progress counts what the job computes itself; the rate is over its wall time, shared with other jobs."""
+        elapsed = time.time() - record.started if record.started else 0.0
+        rate = record.tokens / elapsed if elapsed and record.tokens else 0.0
+        record.progress = {"documents": work.planned_documents, "documents_done": record.computed_documents,
+                           "tokens": work.planned_tokens, "tokens_done": record.tokens, "tokens_per_s": rate,
+                           "eta_s": (work.planned_tokens - record.tokens) / rate if rate else None,
+                           "waiting_for_documents": len(work.awaiting)}
 
     def _save(self, record: JobRecord, throttled: bool = False) -> None:
         now = time.monotonic()
         if throttled and now - self._last_saved.get(record.id, 0.0) < _SAVE_EVERY_S:
             return
         self._last_saved[record.id] = now
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{record.id}.")
-        with os.fdopen(fd, "w") as out:
-            json.dump(record.to_dict(), out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.folder / f"{record.id}.json")
-
-    def _load_records(self) -> list[JobRecord]:
-        records = []
-        for path in sorted(self.folder.glob("*.json")):
-            try:
-                records.append(JobRecord(**json.loads(path.read_text())))
-            except (ValueError, TypeError) as error:
-                raise JobError(f"{path}: not a job record ({error}); move it out of {self.folder}") from None
-        return records
-
-
-def _write_corpus(body: bytes, path: Path, job_id: str) -> None:
-    """Validate the body with the builder's own JSONL loader, then store it with `job` set on every line (line
-    numbers kept, so `index` still names the submitted line)."""
-    from actcache.cache_builder.corpus import CorpusError
-    from actcache.cache_builder.corpus.jsonl import JsonlLoader
-
-    upload = path.with_suffix(".upload.jsonl")
-    upload.write_bytes(body)
-    try:
-        docs = JsonlLoader().load(upload)
-        if not docs:
-            raise JobError("the body has no non-empty documents; send one JSON object with a \"text\" per line")
-        for doc in docs:
-            if clash := [k for k in _SERVICE_FIELDS if k in doc.meta]:
-                raise JobError(f"line {doc.meta['index']}: field(s) {clash} are set by the service; rename them")
-        lines = [json.dumps({**json.loads(line), "job": job_id}) if line.strip() else ""
-                 for line in body.decode("utf-8-sig").split("\n")]
-    except CorpusError as err:
-        message = re.sub(re.escape(str(upload)) + r":(\d+)", r"line \1", str(err))
-        raise JobError(message.replace(str(upload), "the body")) from None
-    finally:
-        upload.unlink()
-    path.write_text("\n".join(lines))
+        self.store.save(record.to_dict())

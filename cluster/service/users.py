@@ -1,4 +1,5 @@
-"""The service's users: `users.yaml` maps each name to its roles and the sha256 of its token, never the token."""
+"""The service's users: `users.yaml` maps each name to its roles, the sha256 of its token (never the token) and
+its optional quotas (`tokens_per_day`, `concurrent_jobs`; absent: unlimited). docs/SERVICE.md has the schema."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from actcache.storage.errors import InputError
 
-__all__ = ["ROLES", "User", "UsersError", "add_user", "authenticate", "load_users"]
+__all__ = ["LIMITS", "ROLES", "User", "UsersError", "add_user", "authenticate", "load_users"]
 
 ROLES = ("submit", "read")
 _TOKEN_BYTES = 32  # 256 bits: a plain sha256 of such a token cannot be brute-forced, so no slow hash is needed
@@ -23,11 +24,21 @@ class UsersError(InputError):
     """A users file or `user add` request that cannot work; the message names the fix."""
 
 
+LIMITS = ("tokens_per_day", "concurrent_jobs")
+
+
 @dataclass(frozen=True)
 class User:
     name: str
     roles: tuple[str, ...]
     token_sha256: str
+    tokens_per_day: int | None = None  # tokens computed for the user's jobs per UTC day (reused ones are free)
+    concurrent_jobs: int | None = None  # the user's jobs queued or running at once
+
+    def to_entry(self) -> dict[str, Any]:
+        """The user's users.yaml entry."""
+        limits = {name: getattr(self, name) for name in LIMITS if getattr(self, name) is not None}
+        return {"roles": list(self.roles), "token_sha256": self.token_sha256, **limits}
 
 
 def _digest(token: str) -> str:
@@ -52,12 +63,24 @@ def load_users(path: str | Path) -> dict[str, User]:
     for name, entry in entries.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("token_sha256"), str):
             raise UsersError(f"{path}: user {name!r} has no token_sha256; remove it and `actcache user add` it again")
-        users[str(name)] = User(str(name), tuple(entry.get("roles") or ()), entry["token_sha256"])
+        limits = {limit: _limit(path, name, limit, entry.get(limit)) for limit in LIMITS}
+        users[str(name)] = User(str(name), tuple(entry.get("roles") or ()), entry["token_sha256"], **limits)
     return users
 
 
-def add_user(path: str | Path, name: str, roles: tuple[str, ...]) -> str:
-    """Add `name` with `roles` to the file (written atomically, mode 0600) and return its new token."""
+def _limit(path: Path, name: object, limit: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsersError(f"{path}: user {name!r} has {limit}: {value!r}; give a whole number >= 1, or remove it "
+                         f"for no limit")
+    return value
+
+
+def add_user(path: str | Path, name: str, roles: tuple[str, ...], *, tokens_per_day: int | None = None,
+             concurrent_jobs: int | None = None) -> str:
+    """Add `name` with `roles` and quotas (None: unlimited) to the file (written atomically, mode 0600) and return
+    its new token."""
     import yaml
 
     path = Path(path)
@@ -67,10 +90,11 @@ def add_user(path: str | Path, name: str, roles: tuple[str, ...]) -> str:
     users = load_users(path)
     if name in users:
         raise UsersError(f"user {name!r} already exists in {path}; pick another name or remove that entry first")
+    for limit, value in (("tokens_per_day", tokens_per_day), ("concurrent_jobs", concurrent_jobs)):
+        _limit(path, name, limit, value)
     token = secrets.token_urlsafe(_TOKEN_BYTES)
-    entries: dict[str, Any] = {u.name: {"roles": list(u.roles), "token_sha256": u.token_sha256}
-                               for u in users.values()}
-    entries[name] = {"roles": list(roles), "token_sha256": _digest(token)}
+    entries: dict[str, Any] = {u.name: u.to_entry() for u in users.values()}
+    entries[name] = User(name, roles, _digest(token), tokens_per_day, concurrent_jobs).to_entry()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as out:  # mkstemp makes it 0600: only the operator reads the hashes

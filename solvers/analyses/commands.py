@@ -13,7 +13,7 @@ __all__ = ["register_analyses", "run_geometry", "run_logit_lens", "run_neighbors
 
 
 def _output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", required=True, help="cache folder")
+    parser.add_argument("--cache", required=True, help="cache folder or s3://bucket/prefix")
     parser.add_argument("--out", required=True, help="output folder (must not exist, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier solver output")
     parser.add_argument("--hook", default="resid_post", help="cached hook to read")
@@ -71,7 +71,7 @@ def register_analyses(subparsers: Any) -> None:
 
     lens = subparsers.add_parser("logit-lens", help="next-token distributions of cached residuals through the final "
                                                     "norm and unembedding read from the safetensors (top-k mass)")
-    lens.add_argument("--cache", required=True, help="cache folder")
+    lens.add_argument("--cache", required=True, help="cache folder or s3://bucket/prefix")
     lens.add_argument("--layers", default="all", help="layers, e.g. 8,15; -1 is the model's last layer")
     lens.add_argument("--out", help="output folder for logit_lens.json (without it the JSON is only printed)")
     lens.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier solver output")

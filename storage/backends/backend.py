@@ -8,14 +8,19 @@ also the folder of other keys (`a/b` and `a/b/c` cannot both exist on a disk), a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import CacheError
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
 
-__all__ = ["StorageBackend", "check_key", "check_prefix"]
+__all__ = ["ObjectInfo", "StorageBackend", "check_key", "check_prefix"]
+
+
+class ObjectInfo(NamedTuple):
+    size: int  # bytes
+    modified: float  # unix time of the last write
 
 
 class StorageBackend(ABC):
@@ -35,6 +40,15 @@ class StorageBackend(ABC):
     def get(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when there is none."""
 
+    def read_into(self, key: str, buffer: memoryview) -> int:
+        """Read the object into `buffer` and return its length (ValueError when it does not fit): readers that
+        decode many chunks reuse one buffer instead of allocating a fresh object per chunk."""
+        data = self.get(key)
+        if len(data) > len(buffer):
+            raise ValueError(f"object {key!r} has {len(data)} bytes, more than the {len(buffer)}-byte buffer")
+        buffer[:len(data)] = data
+        return len(data)
+
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Write (or replace) the object atomically."""
@@ -44,9 +58,39 @@ class StorageBackend(ABC):
         """Create the object unless it exists: True when this call created it, False when it was already there."""
 
     @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and a token of this version of it (S3: its ETag), for `put_if_version`."""
+
+    @abstractmethod
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace the object only if it is still at `version`; the new version, or None when it changed or is gone.
+
+        The compare-and-swap that claims are renewed and taken over with: of a stalled writer renewing and another
+        taking its expired claim over, exactly one succeeds.
+        """
+
+    @abstractmethod
+    def put_unpublished(self, key: str, data: bytes) -> None:
+        """Write an object that nothing names yet (a chunk before its commit): durable after `sync`, not atomic."""
+
+    @abstractmethod
+    def sync(self, prefix: str) -> None:
+        """Make every object under `prefix` durable before something that names them is published."""
+
     def list_prefix(self, prefix: str) -> list[str]:
         """Every key that starts with `prefix` (a plain string prefix: `commits/00` matches `commits/0012.json`),
         sorted; objects still being written are never listed."""
+        return sorted(self.list_info(prefix))
+
+    @abstractmethod
+    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every key that starts with `prefix`, with its size and time of last change (one listing, no request per
+        object)."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix` (a folder's worth: end it with `/`)."""
+        for key in self.list_prefix(prefix):
+            self.delete(key)
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -8,15 +8,18 @@ writer left.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic_dir import TEMP_MARK
-from ..durable import fsync_dir
-from .backend import StorageBackend, check_key, check_prefix
+from ..durable import fsync_dir, fsync_tree, write_durably
+from .backend import ObjectInfo, StorageBackend, check_key, check_prefix
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
@@ -38,6 +41,16 @@ class LocalBackend(StorageBackend):
         try:
             return self._path(key).read_bytes()
         except (IsADirectoryError, NotADirectoryError):  # `a` when `a/b` exists: a bucket has no object `a` either
+            raise self._missing(key) from None
+
+    def read_into(self, key: str, buffer: memoryview) -> int:
+        try:
+            with open(self._path(key), "rb") as handle:
+                length = handle.readinto(buffer)
+                if length == len(buffer) and handle.read(1):
+                    raise ValueError(f"object {key!r} is larger than the {len(buffer)}-byte buffer")
+                return length
+        except (IsADirectoryError, NotADirectoryError):
             raise self._missing(key) from None
 
     def put(self, key: str, data: bytes) -> None:
@@ -63,17 +76,76 @@ class LocalBackend(StorageBackend):
         finally:
             os.unlink(tmp)
 
-    def list_prefix(self, prefix: str) -> list[str]:
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            with open(self._path(key), "rb") as handle:
+                return handle.read(), _version(os.fstat(handle.fileno()))
+        except (IsADirectoryError, NotADirectoryError):
+            raise self._missing(key) from None
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Move the object aside (rename is atomic: of two callers one gets it), compare, then link the new bytes
+        in (exclusive) or put the old ones back."""
+        path = self._path(key)
+        aside = path.parent / f"{TEMP_MARK}swap-{uuid.uuid4().hex}"
+        try:
+            os.rename(path, aside)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            if _version(aside.stat()) != version:
+                with contextlib.suppress(FileExistsError):  # created meanwhile: that newer object stays
+                    os.link(aside, path)
+                return None
+            tmp = _write_temp(path.parent, data)
+            try:
+                os.link(tmp, path)
+                new = _version(os.stat(tmp))
+            except FileExistsError:  # someone created the key while it was aside: theirs is newer
+                return None
+            finally:
+                os.unlink(tmp)
+            fsync_dir(path.parent)
+            return new
+        finally:
+            aside.unlink()
+
+    def put_unpublished(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, data)  # the folder entries are `sync`'s
+
+    def sync(self, prefix: str) -> None:
+        folder = self.root / check_prefix(prefix).rstrip("/") if prefix else self.root
+        if folder.is_dir():
+            fsync_tree(folder)
+
+    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
         folder = self.root / check_prefix(prefix).rpartition("/")[0]
-        keys = []
-        for parent, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(TEMP_MARK)]
-            base = Path(parent).relative_to(self.root).as_posix()
-            for name in files:
-                key = name if base == "." else f"{base}/{name}"
-                if key.startswith(prefix) and not name.startswith(TEMP_MARK):
-                    keys.append(key)
-        return sorted(keys)
+        found: dict[str, ObjectInfo] = {}
+        pending = [folder]
+        while pending:
+            try:
+                entries = list(os.scandir(pending.pop()))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith(TEMP_MARK):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                    continue
+                key = Path(entry.path).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    status = entry.stat(follow_symlinks=False)
+                    found[key] = ObjectInfo(status.st_size, status.st_mtime)
+        return found
+
+    def delete_prefix(self, prefix: str) -> None:
+        if prefix.endswith("/"):  # a whole folder: one rmtree instead of a call per file
+            shutil.rmtree(self.root / check_prefix(prefix).rstrip("/"), ignore_errors=True)
+        else:
+            super().delete_prefix(prefix)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -113,3 +185,8 @@ def _write_temp(folder: Path, data: bytes) -> str:
         os.unlink(tmp)
         raise
     return tmp
+
+
+def _version(status: os.stat_result) -> str:
+    """A file's version: a replace makes a new inode; rename and link keep inode, time and size."""
+    return f"{status.st_ino}-{status.st_mtime_ns}-{status.st_size}"

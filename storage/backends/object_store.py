@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CacheError
-from .backend import StorageBackend, check_key, check_prefix
+from .backend import ObjectInfo, StorageBackend, check_key, check_prefix
 
 if TYPE_CHECKING:
     from obstore.store import S3Store
@@ -57,14 +57,46 @@ class ObjectStoreBackend(StorageBackend):
                 return False
         return True
 
-    def list_prefix(self, prefix: str) -> list[str]:
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        import obstore
+
+        with self._errors(key):
+            result = obstore.get(self._store, check_key(key))
+            return result.bytes().to_bytes(), str(result.meta["e_tag"])
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        import obstore
+
+        with self._errors(key):
+            try:  # PUT with If-Match: the store answers 412 when the object changed or is gone
+                result = obstore.put(self._store, check_key(key), data, mode={"e_tag": version})
+            except (obstore.exceptions.PreconditionError, obstore.exceptions.NotFoundError):
+                return None
+        return str(result["e_tag"])
+
+    def put_unpublished(self, key: str, data: bytes) -> None:
+        self.put(key, data)  # a completed PUT is durable and whole
+
+    def sync(self, prefix: str) -> None:
+        """Nothing to do: every completed PUT is already durable."""
+
+    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
         import obstore
 
         # obstore lists whole path segments (`a/b` means the folder `a/b/`): list the folder, then filter
         folder = check_prefix(prefix).rpartition("/")[0]
         with self._errors(prefix):
-            entries = [meta["path"] for batch in obstore.list(self._store, folder or None) for meta in batch]
-        return sorted(key for key in entries if key.startswith(prefix))
+            return {meta["path"]: ObjectInfo(int(meta["size"]), meta["last_modified"].timestamp())
+                    for batch in obstore.list(self._store, folder or None)
+                    for meta in batch if meta["path"].startswith(prefix)}
+
+    def delete_prefix(self, prefix: str) -> None:
+        import obstore
+
+        keys = self.list_prefix(prefix)
+        with self._errors(prefix):
+            for start in range(0, len(keys), 1000):  # one DeleteObjects request per 1000 keys
+                obstore.delete(self._store, keys[start:start + 1000])
 
     def delete(self, key: str) -> None:
         import obstore

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "storage"))
+sys.path.insert(0, str(REPO / "tests"))
 
 
 def _median_ms(samples: list[float]) -> float:

@@ -1,14 +1,16 @@
-"""Benchmark: K variants by rerunning SmolLM2 once per variant (what the reference trainer did) versus one
-cache build plus one sweep from the cache.
+"""Benchmark: K variants by rerunning SmolLM2 once per variant versus one cache build plus one sweep from the cache.
 
-    .venv/bin/python tests/bench/bench_solvers.py [--layers 8,15,22] [--poolings last,mean]
-        [--methods caa,pca,logistic,subspace] [--threads 1]
+    .venv/bin/python tests/bench/bench_solvers.py [--layers 8,15] [--poolings last,mean]
+        [--methods caa,pca,logistic,subspace] [--threads 1] [--bare-passes 8] [--reference-reruns]
 
-Corpus: the bundled demo corpus (story layout, 12 concepts). A rerun variant = one full transformers forward
-of every fitted document (as the reference trainer ran the model per method) feeding that one variant's
-accumulators, then its solve. The sweep computes every variant from one read of each cached layer. Token
-ids come from the cache for both sides (tokenising is not timed). Peak memory is each phase's RSS
-high-water mark above the process RSS when the phase starts (VmHWM, reset via /proc/self/clear_refs).
+Corpus: the bundled demo corpus (story layout, 12 concepts). The goal's baseline (issue 9): K reruns of the bare
+forward pass alone (every fitted document through the full model, no hooks, no solve, the model already loaded);
+`--bare-passes N` times N of them and scales the mean to K when N < K. The sweep is timed twice: its own work in
+this process after imports (`sweep_cache`), and the whole `actcache sweep` command in a fresh process (interpreter
+start and imports included). `--reference-reruns` adds the older, slower baseline: one forward per variant
+feeding that variant's accumulators, then its solve (what the reference trainer did), with the cosine of its
+vectors to the swept ones. Token ids come from the cache (tokenising is not timed). Peak memory is each phase's
+RSS high-water mark above the process RSS when the phase starts (VmHWM, reset via /proc/self/clear_refs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,12 +85,35 @@ def rerun_variant(model, token_ids, labels, layers, width, pooling, method) -> d
     return out
 
 
+def bare_forward(model, token_ids, labels) -> None:
+    """One forward pass of every fitted document through the full model: no hooks, nothing kept."""
+    import torch
+
+    with torch.inference_mode():
+        for i, ids in enumerate(token_ids):
+            if labels.fit[i]:
+                model(torch.as_tensor(ids, dtype=torch.long)[None])
+
+
+def sweep_command(cache: Path, out: Path, args: argparse.Namespace) -> float:
+    """Wall seconds of the whole `actcache sweep` command in a fresh process (start-up and imports included)."""
+    command = [str(Path(sys.executable).with_name("actcache")), "sweep", "--cache", str(cache), "--out", str(out),
+               "--layers", args.layers, "--poolings", args.poolings, "--methods", args.methods,
+               "--threads", str(args.threads)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", default="8,15,22")
+    parser.add_argument("--layers", default="8,15")
     parser.add_argument("--poolings", default="last,mean")
     parser.add_argument("--methods", default="caa,pca,logistic,subspace")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every phase (default 1)")
+    parser.add_argument("--bare-passes", type=int, default=None, help="bare forward passes to time (default: K)")
+    parser.add_argument("--reference-reruns", action="store_true",
+                        help="also rerun the model once per variant with its solve (slow: ~1 min per variant)")
     args = parser.parse_args()
 
     import torch
@@ -111,6 +137,7 @@ def main() -> int:
     with Phase() as sweep:
         result = sweep_cache(work / "cache", work / "sweep", SweepSettings(
             poolings=tuple(poolings), methods=tuple(methods), layers=args.layers, threads=args.threads))
+    command_s = sweep_command(work / "cache", work / "sweep-command", args)
 
     reader = open_cache(work / "cache")
     docs = reader.documents()
@@ -118,34 +145,48 @@ def main() -> int:
     token_ids = [reader.token_ids(d.key).astype("int64") for d in docs]
     width = reader.width("resid_post")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    k = len(poolings) * len(methods)
+    bare = []
+    for _ in range(args.bare_passes or k):
+        with Phase() as one:
+            bare_forward(model, token_ids, labels)
+        bare.append(one.seconds)
+        print(f"bare forward pass: {one.seconds:.1f} s", flush=True)
+    bare_k = sum(bare) / len(bare) * k
     reruns = []
-    for p in poolings:
-        for m in methods:
-            with Phase() as rerun:
-                vectors = rerun_variant(model, token_ids, labels, layers, width, parse_pooling(p), m)
-            swept = read_readout(work / "sweep" / "variants" / variant_name(m, p)).vectors
-            agree = min(float((vectors[layer][(str(parse_pooling(p)), m)] * swept[layer]).sum(dim=1).min())
-                        for layer in layers)
-            reruns.append((f"{m}__{p}", rerun, agree))
-            print(f"rerun {m}__{p}: {rerun.seconds:.1f} s, min cosine to the swept vectors {agree:.4f}", flush=True)
+    for p, m in ((p, m) for p in poolings for m in methods if args.reference_reruns):
+        with Phase() as rerun:
+            vectors = rerun_variant(model, token_ids, labels, layers, width, parse_pooling(p), m)
+        swept = read_readout(work / "sweep" / "variants" / variant_name(m, p)).vectors
+        agree = min(float((vectors[layer][(str(parse_pooling(p)), m)] * swept[layer]).sum(dim=1).min())
+                    for layer in layers)
+        reruns.append((f"{m}__{p}", rerun, agree))
+        print(f"rerun {m}__{p}: {rerun.seconds:.1f} s, min cosine to the swept vectors {agree:.4f}", flush=True)
 
-    total_rerun = sum(r.seconds for _, r, _ in reruns)
     tokens = sum(d.n_tokens for d in docs)
+    scaled = f" ({len(bare)} timed, mean x {k})" if len(bare) < k else ""
     rows = [
         ("documents / tokens / concepts", f"{len(docs)} / {tokens} / {len(labels.concepts)}"),
-        ("layers, variants K", f"{args.layers}; K = {len(reruns)} ({', '.join(n for n, _, _ in reruns)})"),
+        ("layers, variants K", f"{args.layers}; K = {k} ({', '.join(f'{m}__{p}' for p in poolings for m in methods)})"),
         ("torch threads", str(args.threads)),
-        ("rerun per variant (total, K reruns)", f"{total_rerun:.1f} s"),
-        ("rerun per variant (mean)", f"{total_rerun / len(reruns):.1f} s"),
+        ("bare forward pass of the fitted documents, K reruns", f"{bare_k:.1f} s{scaled}"),
         ("cache build (once)", f"{build.seconds:.1f} s"),
-        ("sweep from the cache (all K)", f"{sweep.seconds:.1f} s"),
-        ("speed-up: reruns / sweep", f"{total_rerun / sweep.seconds:.1f}x"),
-        ("speed-up: reruns / (build + sweep)", f"{total_rerun / (build.seconds + sweep.seconds):.1f}x"),
-        ("peak RSS above start: build / sweep / one rerun (max)",
-         f"{build.peak / 2**20:.0f} / {sweep.peak / 2**20:.0f} / {max(r.peak for _, r, _ in reruns) / 2**20:.0f} MiB"),
-        ("min cosine rerun vs swept vectors", f"{min(a for _, _, a in reruns):.4f}"),
+        ("sweep's own work, in process after imports (all K)", f"{sweep.seconds:.1f} s"),
+        ("whole `actcache sweep` command (all K)", f"{command_s:.1f} s"),
+        ("speed-up: K bare reruns / sweep's own work (goal >= 100x)", f"{bare_k / sweep.seconds:.1f}x"),
+        ("speed-up: K bare reruns / whole command (goal >= 40x)", f"{bare_k / command_s:.1f}x"),
+        ("speed-up: K bare reruns / (build + sweep)", f"{bare_k / (build.seconds + sweep.seconds):.1f}x"),
+        ("peak RSS above start: build / sweep", f"{build.peak / 2**20:.0f} / {sweep.peak / 2**20:.0f} MiB"),
         ("cache on disk", f"{open_cache(work / 'cache').info()['bytes_on_disk'] / 2**20:.1f} MiB"),
     ]
+    if reruns:
+        total_rerun = sum(r.seconds for _, r, _ in reruns)
+        rows += [
+            ("reference: rerun + solve per variant (total, K reruns)", f"{total_rerun:.1f} s"),
+            ("reference: speed-up reruns / sweep", f"{total_rerun / sweep.seconds:.1f}x"),
+            ("reference: peak RSS of one rerun (max)", f"{max(r.peak for _, r, _ in reruns) / 2**20:.0f} MiB"),
+            ("reference: min cosine rerun vs swept vectors", f"{min(a for _, _, a in reruns):.4f}"),
+        ]
     print("\n| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows))
     print(f"\n(sweep wrote {len(result.variants)} readouts to {work / 'sweep'})")
     return 0

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 from actcache.cache_builder.settings import BuildSettings
 from actcache.storage import open_cache
-from actcache.storage.commit_log import LocalCommitLog
-from actcache.storage.index import CommitIndex
-from actcache.storage.layout import COMMITS
+from actcache.storage.backends import open_backend
+from actcache.storage.snapshots import SnapshotLog
 
 
 def settings_for(model: Path | str, corpus: Path, out: Path, **overrides: object) -> BuildSettings:
@@ -24,8 +23,8 @@ def settings_for(model: Path | str, corpus: Path, out: Path, **overrides: object
 
 def committed_documents(path: Path) -> list[str]:
     """Every document key of every commit record, repeats included (a duplicated document shows up twice)."""
-    index = CommitIndex.load(LocalCommitLog(Path(path) / COMMITS))
-    return [d.key for record in index.records for d in record.documents]
+    records = SnapshotLog(open_backend(path)).current().records
+    return [d.key for record in records for d in record.documents]
 
 
 def assert_same_cache(expected: Path, actual: Path) -> None:

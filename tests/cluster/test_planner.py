@@ -237,3 +237,25 @@ def test_compression_ratios_are_the_benchmark_measurements() -> None:
 
     assert compression_ratio("float32") == measured("build, 3 layers (8,15,22), both hooks")
     assert compression_ratio("bfloat16") == measured("build, 3 layers, bfloat16 compute+store")
+
+
+@pytest.mark.parametrize(("store_as", "value_bytes", "scale_bytes", "ratio"),
+                         [("exact", 2, 0, 1.45), ("bfloat16", 2, 0, 1.45), ("fp8", 1, 4, 1.0), ("int8", 1, 4, 1.0)])
+def test_store_as_sizes_the_store_by_the_modes_bytes_per_value(
+    store_as: str, value_bytes: int, scale_bytes: int, ratio: float, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bf16 model's rows cost 2 B a value exact or as bfloat16, 1 B plus a 4-byte float32 scale per token row as
+    fp8/int8 codes; router expert ids stay int16 in every mode. fp8/int8 assume no zstd gain (none measured)."""
+    monkeypatch.chdir(REPO)
+    assert _run([*PAPER_ARGS, "--hooks", "resid_post,attn_z,router", "--store-as", store_as, "--nodes", "1",
+                 "--gpus-per-node", "8", "--gpu-mem-gib", "80", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {"resid_post": 4096, "attn_z": 64 * 128, "router_weights": 8}  # Qwen3-235B: d_model, heads x head_dim, top-k
+    expected = {hook: 3 * (width * value_bytes + scale_bytes) for hook, width in rows.items()}
+    expected["router_experts"] = 3 * 8 * 2
+    assert data["bytes_per_token_by_hook"] == expected
+    assert data["capture"]["store_as"] == store_as and data["compression_ratio"] == ratio
+    assert data["store_bytes"]["raw"] == sum(expected.values()) * 10**9
+    assert data["write_bytes_per_s"]["raw"] == sum(expected.values()) * 20000
+    assert data["stages"][2]["capture_bytes_per_token"] == 4096 * 2 + 64 * 128 * 2 + 8 * 2 + 8 * 2  # device buffers

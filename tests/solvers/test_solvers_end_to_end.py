@@ -75,7 +75,7 @@ def test_story_corpus_to_readout(tmp_path, corpus_factory):
 
     test_docs = [i for i in range(labels.n_docs) if labels.test[i]]
     pooled_test = torch.stack([pooling(torch.from_numpy(corpus.resid[i])) for i in test_docs])
-    auroc = projection_auroc(vectors[3], pooled_test, [labels.concept_of[i] for i in test_docs])
+    auroc = projection_auroc(vectors[3], pooled_test, labels.membership(test_docs))
     assert all(a is None or a > 0.9 for a in auroc) and any(a is not None for a in auroc)
 
     methods = {
@@ -96,8 +96,8 @@ def test_story_corpus_to_readout(tmp_path, corpus_factory):
 def test_projection_auroc_reference():
     vectors = torch.tensor([[1.0, 0.0]])
     pooled = torch.tensor([[2.0, 0], [0.5, 0], [1.0, 0], [1.0, 0]])
-    assert projection_auroc(vectors, pooled, [0, -1, -1, 0]) == [0.875]  # (1 + 1 + 1 + 0.5) / 4
-    assert projection_auroc(vectors, pooled, [-1, -1, -1, -1]) == [None]
+    assert projection_auroc(vectors, pooled, np.array([[1], [0], [0], [1]], bool)) == [0.875]  # (1 + 1 + 1 + 0.5) / 4
+    assert projection_auroc(vectors, pooled, np.zeros((4, 1), bool)) == [None]
 
 
 def test_projection_auroc_memory_is_linear_in_documents():
@@ -108,12 +108,12 @@ def test_projection_auroc_memory_is_linear_in_documents():
 
     rng = np.random.default_rng(0)
     pooled = torch.from_numpy(rng.standard_normal((16000, 4)))
-    concept_of = [0] * 8000 + [-1] * 8000
+    members = np.arange(16000)[:, None] < 8000  # (n, 1): the first 8000 are positives
     pooled[:8000, 0] += 1.0  # positives shifted by one standard deviation along the vector
     vectors = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
-    projection_auroc(vectors, pooled[7990:8010], concept_of[7990:8010])  # loads scikit-learn (not counted)
+    projection_auroc(vectors, pooled[7990:8010], members[7990:8010])  # loads scikit-learn (not counted)
     before = status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
-    (auroc,) = projection_auroc(vectors, pooled, concept_of)
+    (auroc,) = projection_auroc(vectors, pooled, members)
     assert status("VmHWM") - before < 32 * 2**20
     assert auroc == pytest.approx(0.760, abs=0.01)  # Phi(1 / sqrt(2)) for a one-sd shift

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from actcache.solvers import NEGATIVE_ONLY, LabelSpec, SolverInputError, field_labels, story_labels
+from actcache.solvers import LabelSpec, SolverInputError, field_labels, story_labels
 from actcache.solvers.job_inputs import build_labels, check_pairs
 
 
@@ -43,7 +43,7 @@ def test_story_roles_negatives_and_pairs(corpus):
                 "source": "paired",
             }
     assert sum(labels.baseline) == 5
-    assert all(labels.concept_of[i] == NEGATIVE_ONLY for i in range(n) if labels.baseline[i])
+    assert all(labels.concepts_of[i] == () for i in range(n) if labels.baseline[i])
     assert labels.to_dict()["n_pairs"] == 20
 
 
@@ -145,7 +145,7 @@ def test_pair_field_pairs_documents_sharing_a_value_in_corpus_order():
     named = [(docs[p.positive].key, tuple(docs[n].key for n in p.negatives)) for p in labels.pairs]
     assert named == [("p1", ("n1",)), ("p2", ("n2a", "n2b")), ("p3", ("n3",))]
     assert labels.pairing == "pair field 'pair'"
-    assert labels.fit[3] and labels.concept_of[3] == 0  # unpaired, still a positive for caa and the rest
+    assert labels.fit[3] and labels.concepts_of[3] == (0,)  # unpaired, still a positive for caa and the rest
     # the same documents in any other storage order give the same pairs
     shuffled = [docs[i] for i in (7, 2, 5, 0, 3, 6, 1, 4)]
     again = field_labels(shuffled, label_field="sentiment", positive="positive", pair_field="pair")
@@ -203,14 +203,20 @@ def test_a_text_labelled_twice_counts_for_each_label():
     docs = [D("both", {"topic": ["cooking", "sports"]}), D("c", {"topic": "cooking"}), D("o", {"topic": "other"})]
     for positive in ("cooking", "sports"):
         labels = field_labels(docs, label_field="topic", positive=positive)
-        assert labels.concept_of[0] == 0 and labels.concept_of[2] == NEGATIVE_ONLY
+        assert labels.concepts_of[0] == (0,) and labels.concepts_of[2] == ()
     twice = [D("t", {"role": ["positive", "positive"], "concept": ["a", "b"], "source": "x", "index": [1, 9]}),
              D("a", _story("a")), D("b", _story("b")), D("base", _story(None))]
     labels = story_labels(twice, concepts=["a"])
     assert labels.positives(0) == [0, 1]
     assert story_labels(twice, concepts=["b"]).positives(0) == [0, 2]
-    with pytest.raises(SolverInputError, match=r"is a positive of concepts \['a', 'b'\].*--positive"):
-        story_labels(twice)
+    both = story_labels(twice)  # a positive of a and of b, a negative of neither
+    assert both.concepts == ("a", "b") and both.concepts_of[0] == (0, 1)
+    assert both.positives(0) == [0, 1] and both.positives(1) == [0, 2]
+    assert both.negatives(0) == [2, 3] and both.negatives(1) == [1, 3]
+    assert both.membership([0, 3, 1]).tolist() == [[True, True], [False, False], [True, False]]
+    always = [D("t", {"role": ["positive", "positive"], "concept": ["a", "b"]}), D("a", _story("a"))]
+    with pytest.raises(SolverInputError, match="concept 'a' has no negatives"):
+        story_labels(always)  # every fitted document is a positive of a (b has a negative: document a)
 
 
 def test_label_errors_list_what_is_there():

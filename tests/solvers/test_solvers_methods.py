@@ -54,8 +54,8 @@ def _ref_pooled(arrays) -> np.ndarray:
     return np.stack([a.astype(np.float64).mean(0) for a in arrays])  # (n, width): mean pooling
 
 
-def _ref_caa(x: np.ndarray, concept_of: np.ndarray, c: int) -> np.ndarray:
-    return x[concept_of == c].mean(0) - x[concept_of != c].mean(0)
+def _ref_caa(x: np.ndarray, members: np.ndarray, c: int) -> np.ndarray:
+    return x[members[:, c]].mean(0) - x[~members[:, c]].mean(0)
 
 
 def _ref_basis(h: np.ndarray) -> np.ndarray:
@@ -67,10 +67,10 @@ def _ref_basis(h: np.ndarray) -> np.ndarray:
     return vt[keep].T.astype(np.float64) if keep.any() else _unit(h[-1].astype(np.float64))[:, None]
 
 
-def _ref_subspace(corpus, concept_of: np.ndarray, c: int, caa_diff: np.ndarray):
+def _ref_subspace(corpus, members: np.ndarray, c: int, caa_diff: np.ndarray):
     projs = [b @ b.T for b in (_ref_basis(h) for h in corpus.resid)]
-    m_pos = np.mean([p for p, k in zip(projs, concept_of, strict=True) if k == c], axis=0)
-    m_base = np.mean([p for p, k in zip(projs, concept_of, strict=True) if k != c], axis=0)
+    m_pos = np.mean([p for p, m in zip(projs, members, strict=True) if m[c]], axis=0)
+    m_base = np.mean([p for p, m in zip(projs, members, strict=True) if not m[c]], axis=0)
     evals, evecs = np.linalg.eigh(m_pos - m_base)
     evals, evecs = evals[::-1], evecs[:, ::-1]
     out = np.zeros(len(caa_diff))
@@ -84,14 +84,14 @@ def _ref_subspace(corpus, concept_of: np.ndarray, c: int, caa_diff: np.ndarray):
 def resid(corpus):
     plan = PassPlan((parse_pooling(POOLING),), subspace_concepts=tuple(range(4)), quality_cap=1000)
     labels, stats = _pass(corpus, "resid_post", plan)
-    return labels, stats, _ref_pooled(corpus.resid), np.array(labels.concept_of)
+    return labels, stats, _ref_pooled(corpus.resid), labels.membership()
 
 
 def test_caa_matches_reference_and_finds_planted_direction(corpus, resid):
-    _, stats, x, concept_of = resid
+    _, stats, x, members = resid
     vectors = caa_directions(stats.moments[POOLING])
     for c in range(4):
-        assert _cos(vectors[c], _ref_caa(x, concept_of, c)) >= SAME
+        assert _cos(vectors[c], _ref_caa(x, members, c)) >= SAME
         # the negatives hold the other concepts: v_c leans away from them, so only roughly on u_c
         assert int(np.argmax(corpus.directions @ vectors[c].double().numpy())) == c
         assert _cos(vectors[c], corpus.directions[c]) > 0.6
@@ -99,12 +99,12 @@ def test_caa_matches_reference_and_finds_planted_direction(corpus, resid):
 
 
 def test_subspace_matches_reference_with_deviations(corpus, resid):
-    _, stats, x, concept_of = resid
+    _, stats, x, members = resid
     proj = stats.projectors
     for c in range(4):
         diff = stats.moments[POOLING].diff(c)
         got = subspace_direction(*proj.total(), *proj.concept_total(c), diff)
-        ref, ref_evals = _ref_subspace(corpus, concept_of, c, _ref_caa(x, concept_of, c))
+        ref, ref_evals = _ref_subspace(corpus, members, c, _ref_caa(x, members, c))
         assert _cos(got.vector, ref) >= SAME
         np.testing.assert_allclose(got.eigenvalues, ref_evals, atol=1e-5)
         assert got.eigenvalues == sorted(got.eigenvalues, reverse=True) and len(got.eigenvalues) == 20
@@ -171,9 +171,9 @@ def test_subspace_needs_positives_and_negatives():
         subspace_direction(torch.eye(2), 3, torch.eye(2), 3, torch.ones(2))
 
 
-def _ref_heads(z: np.ndarray, concept_of: np.ndarray, c: int, n_heads: int):
+def _ref_heads(z: np.ndarray, members: np.ndarray, c: int, n_heads: int):
     z = z.reshape(len(z), n_heads, -1)
-    pos, neg = z[concept_of == c], z[concept_of != c]
+    pos, neg = z[members[:, c]], z[~members[:, c]]
     raw = np.linalg.norm(pos.mean(0) - neg.mean(0), axis=1)
     sel = raw / np.maximum(np.linalg.norm(neg.std(0, ddof=1), axis=1), 1e-6)
     top = np.argsort(-sel, kind="stable")[:10]
@@ -183,10 +183,10 @@ def _ref_heads(z: np.ndarray, concept_of: np.ndarray, c: int, n_heads: int):
 def test_heads_match_reference_and_find_planted_head(corpus):
     plan = PassPlan((parse_pooling(POOLING),), squares=True)
     labels, stats = _pass(corpus, "attn_z", plan)
-    z, concept_of = _ref_pooled(corpus.attn), np.array(labels.concept_of)
+    z, members = _ref_pooled(corpus.attn), labels.membership()
     for c, name in enumerate(labels.concepts):
         got = rank_heads_from_totals(stats.moments[POOLING], c, corpus.n_heads)
-        top, raw, sel, conc, diff = _ref_heads(z, concept_of, c, corpus.n_heads)
+        top, raw, sel, conc, diff = _ref_heads(z, members, c, corpus.n_heads)
         assert [h for h, _, _ in got.top] == top.tolist()
         assert got.top[0][0] == corpus.planted_head[name]
         np.testing.assert_allclose([r for _, r, _ in got.top], raw[top], atol=1e-4)
@@ -253,13 +253,13 @@ def _ref_story_stats(x: np.ndarray, v: np.ndarray, keys: list[str]) -> dict:
 
 
 def test_quality_fields_match_reference(corpus, resid):
-    labels, stats, x, concept_of = resid
+    labels, stats, x, members = resid
     vectors = caa_directions(stats.moments[POOLING])
     for c in range(4):
         docs, pooled = stats.positives[POOLING].vectors(c)
         keys = [labels.keys[i] for i in docs]
         got = story_statistics(pooled, keys, vectors[c])
-        ref = _ref_story_stats(x[concept_of == c], vectors[c].double().numpy(), keys)
+        ref = _ref_story_stats(x[members[:, c]], vectors[c].double().numpy(), keys)
         for field, value in ref.items():
             if field == "outlier_stories":
                 assert [k for k, _ in got[field]] == [k for k, _ in value]

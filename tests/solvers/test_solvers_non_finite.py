@@ -17,6 +17,7 @@ from actcache.solvers.labels import story_labels
 from actcache.solvers.layer_pass import LayerPass, PassPlan
 from actcache.solvers.pooling import parse_pooling
 from actcache.solvers.subspace import trajectory_basis
+from actcache.storage.backends import open_backend
 from actcache.storage.chunk_codec import ChunkEncoder
 from actcache.storage.layout import activation_name, chunk_key
 from actcache.storage.root import child_array, open_root
@@ -44,12 +45,13 @@ def _poison(path: Path, key: str, hook: str, layer: int, value: float) -> None:
     """Put `value` in the document's first row, re-encoded with a valid checksum (what a model overflow leaves)."""
     segment, row = _segment_and_rows(path, key)
     name = activation_name(hook, layer)
-    group, _ = open_root(path)
+    backend = open_backend(path)
+    group, _ = open_root(backend)
     array = child_array(group, f"segments/{segment}/{name}")
     rows = int(array.chunks[0])
     block = np.asarray(array[row // rows * rows:(row // rows + 1) * rows]).copy()
     block[row % rows, 0] = value
-    ChunkEncoder(array, path / "segments" / segment / name).write(row // rows, block)
+    ChunkEncoder(array, backend, f"segments/{segment}/{name}").write(row // rows, block)
 
 
 def _solve_error(capsys, cache: Path, out: Path, *extra: str) -> str:

@@ -6,11 +6,13 @@ A backend's test class subclasses `BackendConformance` and supplies one fixture,
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from actcache.storage.backends import StorageBackend, open_backend
 from actcache.storage.errors import CacheError
-from create_race import CreateFn, check_one_winner_each, race_to_create
+from create_race import CreateFn, check_one_winner_each, race_key, race_to_create
 
 __all__ = ["BackendConformance"]
 
@@ -18,6 +20,14 @@ __all__ = ["BackendConformance"]
 def _backend_create(url: str) -> CreateFn:
     """The race's writer: one backend per process, as separate builders would have."""
     return open_backend(url).put_if_absent
+
+
+def _backend_swap(url: str) -> CreateFn:
+    """The race's writer for compare-and-swap: it reads every key's version before the first round starts, so all
+    writers of a round swap against the same version and at most one may succeed."""
+    backend = open_backend(url)
+    versions = {key: backend.get_versioned(key)[1] for key in backend.list_prefix("race/")}
+    return lambda key, data: backend.put_if_version(key, data, versions[key]) is not None
 
 
 class BackendConformance:
@@ -37,6 +47,49 @@ class BackendConformance:
         assert backend.get("empty") == b""
         assert backend.size("commits/000001.json") == len(data)
         assert backend.size("empty") == 0
+
+    def test_read_into_fills_a_reused_buffer_and_refuses_an_object_too_large(self, backend: StorageBackend) -> None:
+        data = bytes(range(200))
+        backend.put("seg/c/0/0", data)
+        buffer = bytearray(256)
+        assert backend.read_into("seg/c/0/0", memoryview(buffer)) == len(data)
+        assert bytes(buffer[:len(data)]) == data
+        with pytest.raises(ValueError, match="buffer"):
+            backend.read_into("seg/c/0/0", memoryview(bytearray(100)))
+        with pytest.raises(FileNotFoundError):
+            backend.read_into("seg/c/0/1", memoryview(buffer))
+
+    def test_put_if_version_swaps_only_the_version_it_read(self, backend: StorageBackend) -> None:
+        backend.put("claims/a.json", b"first")
+        data, version = backend.get_versioned("claims/a.json")
+        assert data == b"first"
+        newer = backend.put_if_version("claims/a.json", b"second", version)
+        assert newer is not None and newer != version
+        assert backend.put_if_version("claims/a.json", b"stale", version) is None
+        assert backend.get_versioned("claims/a.json") == (b"second", newer)
+        assert backend.put_if_version("claims/gone.json", b"x", version) is None
+        with pytest.raises(FileNotFoundError):
+            backend.get("claims/gone.json")
+        assert backend.list_prefix("claims/") == ["claims/a.json"]  # no swap leftovers are listed
+
+    def test_put_if_version_has_one_winner_across_processes(self, backend: StorageBackend) -> None:
+        """4 processes swap each of 20 keys from the version they all read: one wins each."""
+        for round_ in range(20):
+            backend.put(race_key(round_), b"initial")
+        outcomes = race_to_create(_backend_swap, backend.url, writers=4, rounds=20)
+        check_one_winner_each(outcomes, backend.get)
+
+    def test_unpublished_objects_sizes_and_prefix_delete(self, backend: StorageBackend) -> None:
+        backend.put_unpublished("segments/s1/a/c/0/0", b"12345")
+        backend.put_unpublished("segments/s1/a/c/1/0", b"12")
+        backend.put("segments/s10/zarr.json", b"{}")
+        backend.sync("segments/s1/")
+        before = time.time()
+        listed = backend.list_info("segments/s1/")
+        assert {key: info.size for key, info in listed.items()} == {"segments/s1/a/c/0/0": 5, "segments/s1/a/c/1/0": 2}
+        assert all(before - 60 < info.modified <= before + 1 for info in listed.values())
+        backend.delete_prefix("segments/s1/")
+        assert backend.list_prefix("segments/") == ["segments/s10/zarr.json"]
 
     def test_missing_objects_are_file_not_found(self, backend: StorageBackend) -> None:
         backend.put("a/b", b"x")

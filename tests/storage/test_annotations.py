@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from actcache.storage import CacheError, CorruptCacheError, open_cache, verify_cache
 from actcache.storage.annotations import AnnotationLog, merge_metas, relabel
+from actcache.storage.backends import open_backend
 from actcache.storage.cli import format_info
 from storage_fixtures import WrittenCache
 
@@ -57,7 +58,7 @@ def test_the_same_labels_write_no_version(written_cache: WrittenCache) -> None:
     same = {"unit-a-doc0": {"source": "unit-a.txt", "index": 0}}
     result = relabel(written_cache.path, same, "again.jsonl")
     assert (result.relabelled, result.version) == (0, None)
-    assert not (written_cache.path / "annotations").exists() or not AnnotationLog(written_cache.path).versions()
+    assert not AnnotationLog(open_backend(written_cache.path)).versions()
 
 
 def test_versions_are_published_exclusively_and_half_written_files_are_ignored(written_cache: WrittenCache) -> None:
@@ -65,7 +66,7 @@ def test_versions_are_published_exclusively_and_half_written_files_are_ignored(w
     relabel(path, {"unit-a-doc0": {"topic": "a"}}, "one")
     folder = path / "annotations"
     (folder / ".tmp-crashed.json").write_text('{"version": 9, "documents": {"unit-a-doc0"')  # a killed labeller
-    log = AnnotationLog(path)
+    log = AnnotationLog(open_backend(path))
     assert log.versions() == [1]
     # a concurrent labeller published version 2 between our listing and our link: we take 3, never overwrite
     log._log.put_if_absent("000002.json", {"version": 2, "created": 0.0, "source": "other",
@@ -103,3 +104,34 @@ def test_a_damaged_version_is_named(written_cache: WrittenCache) -> None:
     with pytest.raises(CorruptCacheError, match=r"annotations/000001.json is not a valid annotation version"):
         open_cache(written_cache.path)
     assert open_cache(written_cache.path, annotations=0).document("unit-a-doc0").meta["index"] == 0
+
+
+def test_verify_reports_every_damaged_version(written_cache: WrittenCache, capsys) -> None:
+    """verify reads each annotation version, as a reader would, and lists every bad one with its fix."""
+    from actcache.actcache_cli import main
+
+    path = written_cache.path
+    for n in range(3):
+        relabel(path, {"unit-a-doc0": {"topic": f"t{n}"}}, f"v{n}.jsonl")
+    assert verify_cache(path).ok
+    folder = path / "annotations"
+    (folder / "000001.json").write_text('{"version": 1, "documents": ')  # torn
+    renamed = json.loads((folder / "000002.json").read_text())
+    (folder / "000004.json").write_text(json.dumps(renamed))  # version 2's record under the name of version 4
+    (folder / "notes.json").write_text("{}")
+    problems = {p.where: p.message for p in verify_cache(path).problems}
+    assert set(problems) == {"annotations/000001.json", "annotations/000004.json", "annotations/notes.json"}
+    assert "not a valid annotation version" in problems["annotations/000001.json"]
+    assert "relabel with `actcache label`" in problems["annotations/000001.json"]
+    assert problems["annotations/000004.json"].startswith("holds version 2 under the name of version 4: restore")
+    assert problems["annotations/notes.json"].startswith("not an annotation version")
+    # the command line: a torn version stops the cache from opening (one line naming the file and the fix) ...
+    assert main(["verify", str(path), "--no-progress"]) == 2
+    assert "annotations/000001.json is not a valid annotation version" in capsys.readouterr().err
+    # ... the others open and are listed with every other problem (exit 1)
+    (folder / "000001.json").unlink()
+    assert main(["verify", str(path), "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("CORRUPT: 2 problem(s)") and "annotations/000004.json: holds version 2" in printed
+    assert "annotations/notes.json: not an annotation version" in printed
+    assert open_cache(path).document("unit-a-doc0").meta == {"topic": "t1"}  # 000004 holds version 2's labels

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from actcache import actcache_cli
 from actcache.storage import CacheWriter, open_cache, verify_cache
+from actcache.storage.backends import open_backend
 from actcache.storage.claims import Claim, ClaimBoard, segment_subject
-from actcache.storage.commit_log import LocalCommitLog
+from actcache.storage.commit_log import CommitLog
 from actcache.storage.gc import collect_garbage
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
 
@@ -56,7 +57,7 @@ def test_gc_keeps_a_live_writers_segment_and_removes_a_killed_ones_after_its_lea
         written_cache: WrittenCache) -> None:
     alive, alive_segment = _start_writer(written_cache.path, "unit-alive")
     killed, killed_segment = _start_writer(written_cache.path, "unit-killed")
-    board = ClaimBoard(LocalCommitLog(written_cache.path / "claims"))
+    board = ClaimBoard(CommitLog(open_backend(written_cache.path), "claims"))
     try:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
@@ -113,7 +114,8 @@ def test_gc_removes_stale_temp_files_and_says_what_it_kept(written_cache: Writte
     writer = CacheWriter.open(written_cache.path, make_fingerprint())
     segment = write_unit(writer, "unit-busy", [8], np.random.default_rng(5),
                          WrittenCache(written_cache.path, [], {}, {}), commit=False)
-    board = ClaimBoard(LocalCommitLog(written_cache.path / "claims"))  # a writer killed before creating its segment
+    # a writer killed before creating its segment
+    board = ClaimBoard(CommitLog(open_backend(written_cache.path), "claims"))
     assert board.try_claim(Claim("segment/never-made", "dead", "host", 1, time.time() - 1)) is None
     assert actcache_cli.main(["gc", str(written_cache.path), "--older-than", "0"]) == 0
     out = capsys.readouterr().out
@@ -128,7 +130,7 @@ def test_gc_removes_stale_temp_files_and_says_what_it_kept(written_cache: Writte
 
 
 def test_claims_are_exclusive_until_they_expire(tmp_path: Path) -> None:
-    board = ClaimBoard(LocalCommitLog(tmp_path / "claims"))
+    board = ClaimBoard(CommitLog(open_backend(tmp_path), "claims"))
     now = time.time()
     first = Claim("document/abc", "writer-1", "h1", 11, now + 60)
     second = Claim("document/abc", "writer-2", "h2", 22, now + 60)

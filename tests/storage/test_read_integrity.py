@@ -18,6 +18,7 @@ from actcache.storage import (
     open_cache,
     verify_cache,
 )
+from actcache.storage.backends import open_backend
 from actcache.storage.chunk_codec import ChunkEncoder
 from actcache.storage.layout import activation_name, chunk_key
 from actcache.storage.root import child_array, open_root
@@ -99,13 +100,14 @@ def test_a_missing_bfloat16_chunk_is_an_error(tmp_path: Path) -> None:
 def _poison(cache: WrittenCache, segment: str, name: str, row: int, value: float) -> None:
     """Rewrite the chunk holding `row` with `value` at that row and a valid checksum: damage verify cannot see,
     like an overflow in the model."""
-    group, _ = open_root(cache.path)
+    backend = open_backend(cache.path)
+    group, _ = open_root(backend)
     array = child_array(group, f"segments/{segment}/{name}")
     rows = int(array.chunks[0])
     index = row // rows
     block = np.asarray(array[index * rows:(index + 1) * rows]).copy()
     block[row - index * rows, 3] = value
-    ChunkEncoder(array, _array_folder(cache, segment, name)).write(index, block)
+    ChunkEncoder(array, backend, f"segments/{segment}/{name}").write(index, block)
 
 
 def test_non_finite_values_are_refused_on_request_naming_every_such_document(three_chunk_cache) -> None:

@@ -1,0 +1,76 @@
+"""What runs a unit for the service: the model in this process, or a resident Ray `Backbone` (pipeline stages).
+
+An engine is a list of unit runners, one per worker thread of the job runner: each computes and commits one unit
+at a time, calling `on_batch` with the documents computed so far. The in-process engine has one (one model); the
+Ray engine has one per replica, each driving its own S-stage pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from actcache.cache_builder.build import PreparedBuild
+from actcache.cache_builder.planning import TokenizedDoc, Unit
+
+__all__ = ["OnBatch", "UnitRunner", "local_engine", "RayEngine"]
+
+OnBatch = Callable[[Sequence[TokenizedDoc]], None]
+UnitRunner = Callable[[Unit, OnBatch], None]
+
+
+def local_engine(prepared: PreparedBuild, model: Any) -> list[UnitRunner]:
+    """One runner over a model loaded in this process (the path `actcache build` takes, so its bits are equal)."""
+    from actcache.cache_builder.build import capture_batch, pad_token_id, run_unit
+    from actcache.cache_builder.runner import DecoderStack
+
+    stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
+    pad_id, capture = pad_token_id(prepared.tokenizer), prepared.fingerprint.capture
+    side = prepared.settings.padding_side
+
+    def run(unit: Unit, on_batch: OnBatch) -> None:
+        batches = (capture_batch(stack, b, capture, pad_id, side) for b in unit.batches())
+        run_unit(prepared, unit, batches, on_batch)
+
+    return [run]
+
+
+class RayEngine:
+    """`replicas` resident pipelines of `stages` Ray actors; a stage that dies is restarted by Ray and its units
+    redone (cluster/pipeline.py), so a job goes on with nothing lost or stored twice."""
+
+    def __init__(self, prepared: PreparedBuild, stages: int, replicas: int, address: str | None) -> None:
+        import math
+        import os
+
+        from actcache.cluster.pipeline import Backbone, stage_ranges
+        from actcache.cluster.ray_connect import ClusterError, check_joinable, connect, resolve_address
+
+        if stages < 1 or replicas < 1:
+            raise ClusterError(f"--stages {stages} --replicas {replicas}: both must be at least 1")
+        address = resolve_address(address)
+        if address is not None:
+            check_joinable(address)
+        ranges = stage_ranges(prepared.model, prepared.deepest_layer, stages)
+        self._owns_ray = connect(address, num_cpus=max(os.cpu_count() or 1, math.ceil(stages * replicas)))
+        # one Backbone per replica, so that each worker thread drives its own pipeline
+        self.backbones = [Backbone(prepared.model, ranges, 1, dtype=prepared.settings.dtype) for _ in range(replicas)]
+        self._prepared = prepared
+
+    def runners(self) -> list[UnitRunner]:
+        def runner(backbone: Any) -> UnitRunner:
+            def run(unit: Unit, on_batch: OnBatch) -> None:
+                backbone.build(dataclasses.replace(self._prepared, units=[unit]))
+                on_batch(unit.docs)  # the pipeline commits whole units: progress moves by unit
+            return run
+
+        return [runner(b) for b in self.backbones]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for backbone in self.backbones:
+            backbone.shutdown()
+        if self._owns_ray:
+            ray.shutdown()
