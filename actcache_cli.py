@@ -13,6 +13,9 @@ from typing import Any
 
 __all__ = ["main", "build_parser"]
 
+# commands that read one cache (`args.cache`): each takes `--tag NAME` to read a pinned state
+_READING_COMMANDS = frozenset({"info", "stats", "solve", "sweep", "score", "probe", "neighbors", "geometry",
+                               "logit-lens"})
 _DEBUG_HELP = "show the traceback of every error, input errors included (also ACTCACHE_DEBUG=1)"
 
 
@@ -67,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     storage_cli.register(sub)
     cluster_cli.register(sub)
     solvers_cli.register(sub)
-    for command in sub.choices.values():  # `actcache build ... --debug` as well as `actcache --debug build ...`
+    for name, command in sub.choices.items():  # `actcache build ... --debug` as well as `actcache --debug build ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+        if name in _READING_COMMANDS:
+            command.add_argument("--tag", help="read the cache exactly as `actcache tag` pinned it under this name")
     return parser
 
 
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     from actcache.storage.errors import InputError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "tag", None) is not None and hasattr(args, "cache"):
+        from actcache.storage.cache_ref import CacheRef
+
+        args.cache = CacheRef(args.cache, args.tag)
     debug = args.debug or os.environ.get("ACTCACHE_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args))

@@ -227,6 +227,13 @@ def build_cache(settings: BuildSettings, model: Any = None, on_progress: Progres
 def _build_cache(settings: BuildSettings, model: Any, on_progress: ProgressCallback | None) -> BuildReport:
     device = resolve_device(settings.device)  # an unavailable device is refused before the cache is touched
     prepared = prepare_build(settings)
+    with prepared.writer:  # however the build ends: fold what it committed, release its claims
+        return _run_units(prepared, model, device, on_progress)
+
+
+def _run_units(prepared: PreparedBuild, model: Any, device: str, on_progress: ProgressCallback | None,
+               ) -> BuildReport:
+    settings = prepared.settings
     report = prepared.report
     total_tokens = sum(u.n_tokens for u in prepared.units)
     total_docs = sum(len(u.docs) for u in prepared.units)

@@ -77,7 +77,8 @@ class ClaimedUnits:
 
     def __iter__(self) -> Iterator[Unit]:
         while self._todo:
-            progressed, holders = False, []
+            progressed = False
+            holders: list[Claim] = []
             for _ in range(len(self._todo)):
                 group = self._todo.popleft()
                 units, held, others = self._claim(group)

@@ -99,6 +99,7 @@ def build_distributed(settings: BuildSettings, *, stages: int, replicas: int = 1
         backbone = Backbone(model, ranges, replicas, dtype=settings.dtype, cpus_per_stage=cpus_per_stage)
         report = backbone.build(prepared, in_flight=in_flight)
     finally:
+        prepared.writer.close()  # folds what the driver committed, releases its claims
         if backbone is not None:
             backbone.shutdown()
         if owns_ray:
@@ -203,7 +204,7 @@ class _Run:
         self.pipelines = pipelines
         self.in_flight = max(1, in_flight)
         self.pad_id = pad_token_id(prepared.tokenizer)
-        self.job = ray.put(CaptureJob(str(prepared.writer.path), prepared.fingerprint.to_dict()))
+        self.job = ray.put(CaptureJob(prepared.writer.url, prepared.fingerprint.to_dict()))
         self.todo: deque[Unit] = deque(prepared.units)
         self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()

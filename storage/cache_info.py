@@ -17,6 +17,7 @@ from .dtypes import storage_dtype
 from .fingerprint import canonical_json, digest
 from .hook_points import array_dtype
 from .lossy import combine
+from .snapshots import SnapshotLog
 
 if TYPE_CHECKING:
     from .index import CommitRecord
@@ -64,6 +65,10 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
         "uncommitted_segments": usage.segments - len(committed),
         "uncommitted_bytes": usage.uncommitted,
         "annotation_versions": reader.annotation_versions(),
+        "snapshot": {"sequence": reader.snapshot.sequence, "unfolded_commits": reader.snapshot.unfolded,
+                     "tag": reader.tag},  # the state read: a manifest (0: none yet) plus commits it lacks
+        "tags": [{"name": t.name, "snapshot": t.snapshot, "annotation_version": t.annotation_version,
+                  "created": t.created} for t in SnapshotLog(reader.backend).tags()],
     }
 
 

@@ -64,10 +64,12 @@ class ChunkEncoder:
         checksum = np.uint32(google_crc32c.value(bytes(payload))).tobytes()
         return bytes(payload) + checksum
 
-    def write(self, chunk_index: int, rows: np.ndarray) -> None:
+    def write(self, chunk_index: int, rows: np.ndarray) -> int:
         """Store one chunk under zarr's default v3 key (`layout.chunk_key`), made durable on the writer's own thread
-        (on a disk: fsynced) so that a commit never waits for a unit's worth of dirty pages."""
-        self.backend.put_unpublished(f"{self.key}/{chunk_key(chunk_index)}", self.encode(rows))
+        (on a disk: fsynced) so that a commit never waits for a unit's worth of dirty pages; its stored length."""
+        stored = self.encode(rows)
+        self.backend.put_unpublished(f"{self.key}/{chunk_key(chunk_index)}", stored)
+        return len(stored)
 
 
 _SCRATCH = threading.local()
@@ -131,6 +133,14 @@ class ChunkDecoder:
             raise CorruptCacheError(f"{where}: does not decode to {self.chunk_rows}x{self.width} values of {size} "
                                     f"bytes ({error}): run `actcache verify` on the cache") from None
         return raw.reshape(size, -1)
+
+    def unshuffle_staged(self, planes: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """The chunk's rows [start, stop) in a buffer of the calling thread, valid until its next call: for readers
+        that move the rows on (a shuffle's scatter, a lossy decode) rather than keep them."""
+        staged = _scratch("rows", (stop - start) * self.width * self.dtype.itemsize)
+        rows = staged.view(self.dtype).reshape(stop - start, self.width)
+        self.unshuffle(planes, start, stop, rows)
+        return rows
 
     def unshuffle(self, planes: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
         """Write the chunk's rows [start, stop) into `out` ([stop - start, width], C-contiguous, stored dtype).

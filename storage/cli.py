@@ -26,9 +26,22 @@ def register(subparsers: Any) -> None:
                          "a claimed segment is kept while its writer's lease is renewed")
     gc.add_argument("--dry-run", action="store_true", help="list, do not delete")
     gc.set_defaults(func=run_gc)
+    tag = subparsers.add_parser("tag", help="pin the cache's current state under a name (reproducible reads)")
+    tag.add_argument("cache", help="cache folder or s3://bucket/prefix")
+    tag.add_argument("name", help="the tag: letters, digits, _ . - (a tag never moves)")
+    tag.set_defaults(func=run_tag)
+    compact = subparsers.add_parser("compact", help="fold commit records into a snapshot manifest (fast opening)")
+    compact.add_argument("cache", help="cache folder or s3://bucket/prefix")
+    compact.set_defaults(func=run_compact)
     from .stats_command import register as register_stats
 
     register_stats(subparsers)
+    from .catalog import register as register_catalog
+
+    register_catalog(subparsers)
+    from .cache_copy import register as register_copy
+
+    register_copy(subparsers)
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -65,6 +78,15 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"uncommitted  {info['uncommitted_segments']} segment(s), "
                      f"{info['uncommitted_bytes'] / 2**20:.1f} MiB, being written or left by interrupted writers "
                      f"(invisible; `actcache gc` removes the latter)")
+    snapshot = info["snapshot"]
+    lines.append(f"snapshot     {snapshot['sequence'] or 'none yet'}"
+                 + (f" + {snapshot['unfolded_commits']} newer commit(s) (`actcache compact` folds them)"
+                    if snapshot["unfolded_commits"] else "") + (f", read at tag {snapshot['tag']}" if snapshot["tag"]
+                                                                 else ""))
+    for tag in info["tags"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(tag["created"]))
+        lines.append(f"tag          {tag['name']}: snapshot {tag['snapshot']}, labels v{tag['annotation_version']}, "
+                     f"{when}")
     for version in info.get("annotation_versions", []):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(version["created"]))
         lines.append(f"labels v{version['version']:<4} {when}  {version['documents']} document(s) relabelled from "
@@ -97,7 +119,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from .reader import open_cache
     from .verify import verify_cache
 
-    cache = open_cache(args.cache)  # also refuses a path that is not a cache, before the bar starts
+    cache = open_cache(args.cache, annotations=0)  # refuses a non-cache before the bar; labels are verified below
     total = sum(m.n_chunks for record in cache.commit_records() for m in record.arrays.values())
     with tqdm(total=total, unit="chunk", desc="verify", disable=args.no_progress, dynamic_ncols=True) as bar:
         report = verify_cache(args.cache, progress=bar.update)
@@ -109,6 +131,35 @@ def run_verify(args: argparse.Namespace) -> int:
         docs = f"; documents: {', '.join(problem.documents)}" if problem.documents else ""
         print(f"  {problem.where}: {problem.message}{docs}")
     return 1
+
+
+def run_tag(args: argparse.Namespace) -> int:
+    from .backends import open_backend
+    from .reader import open_cache
+    from .snapshots import SnapshotLog
+
+    open_cache(args.cache)  # refuses what is not a cache
+    tag = SnapshotLog(open_backend(args.cache)).tag(args.name)
+    cache = open_cache(args.cache, tag=tag.name)
+    print(f"tagged {args.cache} as {tag.name}: snapshot {tag.snapshot}, {cache.n_documents} documents, "
+          f"{cache.n_tokens} tokens, labels v{tag.annotation_version}; read it with --tag {tag.name} or "
+          f"open_cache(..., tag={tag.name!r})")
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    from .backends import open_backend
+    from .reader import open_cache
+    from .snapshots import SnapshotLog
+
+    open_cache(args.cache)  # refuses what is not a cache
+    log = SnapshotLog(open_backend(args.cache))
+    before = log.current().unfolded
+    state = log.fold()
+    pruned = log.prune()
+    print(f"snapshot {state.sequence}: {len(state.records)} commits ({before} newly folded); removed "
+          f"{len(pruned)} older untagged manifest(s)")
+    return 0
 
 
 def run_gc(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import zarr
 
 from .annotations import AnnotationLog
 from .backends.backend_url import open_backend
+from .cache_ref import CacheRef
 from .dtypes import to_torch, widen_to_float32
 from .errors import CacheError, CorruptCacheError, NonFiniteError
 from .hook_points import array_dtype, is_integer_hook
@@ -56,6 +57,8 @@ def open_cache(location: str | os.PathLike[str], annotations: int | None = None,
     under that name (documents and labels), whatever was appended or relabelled since. The reader sees one
     consistent snapshot for its lifetime; `refresh()` moves it to the newest.
     """
+    if isinstance(location, CacheRef) and tag is None:
+        tag = location.tag
     return CacheReader(location, annotations, tag=tag)
 
 

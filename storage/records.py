@@ -51,21 +51,27 @@ class ArraySpec:
 @dataclass(frozen=True)
 class ArrayManifest:
     """What a writer put in one array: checked by the commit and by `verify`; `error`: a lossy array's measured
-    error against the exact values (storage/lossy.py `summarize`), None for exact arrays."""
+    error against the exact values (storage/lossy.py `summarize`), None for exact arrays; `bytes`: the stored size
+    of its chunks (so `actcache ls` sizes a cache from manifests alone), None in records written before it."""
 
     name: str
     shape: tuple[int, ...]
     chunk_rows: int
     n_chunks: int
     error: dict[str, Any] | None = None
+    bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "n_chunks": self.n_chunks}
+        out: dict[str, Any] = {"shape": list(self.shape), "chunk_rows": self.chunk_rows, "n_chunks": self.n_chunks}
         if self.error is not None:
             out["error"] = self.error
+        if self.bytes is not None:
+            out["bytes"] = self.bytes
         return out
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> ArrayManifest:
+        stored = data.get("bytes")
         return cls(name=name, shape=tuple(data["shape"]), chunk_rows=int(data["chunk_rows"]),
-                   n_chunks=int(data["n_chunks"]), error=data.get("error"))
+                   n_chunks=int(data["n_chunks"]), error=data.get("error"),
+                   bytes=None if stored is None else int(stored))

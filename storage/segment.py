@@ -43,6 +43,7 @@ class _ArrayStream:
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
         self.offset = 0  # first row not yet handed to a write
+        self.stored_bytes = 0  # of the chunks written so far (their commit record's `bytes`)
 
     def take(self, final: bool) -> tuple[int, np.ndarray] | None:
         rows = self.pending_rows if final else (self.pending_rows // self.chunk_rows) * self.chunk_rows
@@ -81,6 +82,7 @@ class SegmentWriter:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []
+        self._bytes_lock = threading.Lock()  # writer threads add their chunks' stored sizes
         self._closed = False
 
     def append(self, name: str, rows: Any) -> None:
@@ -119,7 +121,9 @@ class SegmentWriter:
         try:
             rows = stream.chunk_rows
             for offset in range(0, len(block), rows):  # `start` is always chunk-aligned
-                stream.encoder.write((start + offset) // rows, block[offset:offset + rows])
+                stored = stream.encoder.write((start + offset) // rows, block[offset:offset + rows])
+                with self._bytes_lock:
+                    stream.stored_bytes += stored
         finally:
             self._slots.release()
 
@@ -151,7 +155,8 @@ class SegmentWriter:
                 rel, cosine = (np.concatenate(part) for part in zip(*stream.errors, strict=True)) if stream.errors \
                     else (np.empty(0), np.empty(0))
                 error = summarize(rel, cosine, stream.non_finite)
-            manifests.append(ArrayManifest(name, tuple(stream.array.shape), stream.chunk_rows, n_chunks, error))
+            manifests.append(ArrayManifest(name, tuple(stream.array.shape), stream.chunk_rows, n_chunks, error,
+                                           stream.stored_bytes))
         return manifests
 
     def abort(self) -> None:

@@ -2,10 +2,13 @@
 
 The order is pure arithmetic on a pinned list of committed units (token_plan.py): it depends on the seed, the
 epoch, the rank split and the batch and buffer sizes, never on how many threads or DataLoader workers read.
-Decoding runs on a thread pool (file reads, zstd and the byte unshuffle all release the GIL), one window ahead of
+Decoding runs on a thread pool (object reads, zstd and the byte unshuffle all release the GIL), one window ahead of
 the batches being served; memory stays near three windows (`buffer_tokens` rows each: served, decoding, and
-one retired for reuse) whatever the cache size.
+one retired for reuse) whatever the cache size, and the dataset keeps the retired ones for its next iteration.
 DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see __iter__).
+Workers cost about twice the CPU per byte of threads in one process: each window is fresh shared memory (the
+main process may keep any batch, so none can be reused) and the kernel zeroes every page before decoding fills
+it; threads reuse their windows. `DataLoader(ds, batch_size=None)` without workers is the fast path.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ __all__ = ["TokenDataset", "STATE_VERSION"]
 
 STATE_VERSION = 1
 MAX_DEFAULT_THREADS = 8
-SPARE_WINDOWS = 2  # retired window buffers kept for reuse (see _WindowReader._buffers)
+SPARE_WINDOWS = 2  # retired window buffers kept for reuse, by this and later iterations (_WindowReader._buffers)
 Batch = dict[str, torch.Tensor]
 
 
@@ -71,6 +74,11 @@ class TokenDataset(IterableDataset[Batch]):
                                       "use a smaller batch_size")
         self._step = 0  # the next batch of this reader's stream (counted over all epochs)
         self._stride = 1  # how many readers share the stream (DataLoader workers) when `_step` was recorded
+        self._spare: list[_Buffers] = []  # retired windows' buffers: the next window and the next epoch reuse them
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled copy (a DataLoader worker started by spawn) leaves the spare buffers behind."""
+        return {**self.__dict__, "_spare": []}
 
     def _plan(self, records: Sequence[CommitRecord]) -> TokenPlan:
         """Documents of `records` in `documents()` order (a key committed twice counts once), then the selection."""
@@ -244,7 +252,6 @@ class _WindowReader:
         self.decoders: dict[tuple[int, str], ChunkDecoder] = {}
         self.windows: dict[tuple[int, int], _Window] = {}
         self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.spare: list[_Buffers] = []  # buffers of retired windows
 
     def window(self, epoch: int, window: int) -> _Window:
         """The window, decoded or decoding; older windows are retired."""
@@ -252,23 +259,28 @@ class _WindowReader:
         if key not in self.windows:
             self.prefetch(epoch, window)
         for old in [k for k in self.windows if k < key]:
-            retired = self.windows.pop(old)
-            retired.cancel()
-            if retired.buffers.tensors is None:
-                self.spare = [retired.buffers, *self.spare][:SPARE_WINDOWS]
+            self._retire(self.windows.pop(old))
         return self.windows[key]
+
+    def _retire(self, window: _Window) -> None:
+        window.cancel()
+        if window.buffers.tensors is None:
+            self.owner._spare[:] = [window.buffers, *self.owner._spare][:SPARE_WINDOWS]
 
     def _buffers(self) -> _Buffers:
         """Buffers for a window: a retired window's once no batch views them any more, else fresh ones.
 
-        Fresh pages cost the kernel about as much time to zero as decoding takes to fill them (measured), so
-        buffers are reused; one that a batch the caller still holds views (its refcount says so) is left alone.
-        A DataLoader worker's buffers are torch shared memory, never reused: the main process holds their views.
+        Fresh pages cost the kernel about as much time to zero as decoding takes to fill them (measured: 0.7-2.8
+        ms per MB here, the higher figure when it compacts memory for huge pages), so buffers are reused, across
+        iterations too (the dataset keeps them); one that a batch the caller still holds views (its refcount says
+        so) is left alone. A DataLoader worker's buffers are torch shared memory, never reused: the main process
+        holds their views.
         """
-        for i, spare in enumerate(self.spare):
-            if all(sys.getrefcount(b) <= 3 for b in spare.arrays):  # the list, `b` and the argument
-                return self.spare.pop(i)
         rows = self.slots * self.owner.settings.batch_size
+        for i, spare in enumerate(self.owner._spare):
+            # references: the list, `b` and getrefcount's argument; none from a batch the caller still holds
+            if len(spare.arrays[-1]) == rows and all(sys.getrefcount(b) <= 3 for b in spare.arrays):
+                return self.owner._spare.pop(i)
         shapes = [(rows, self.owner._widths[key]) for key, _ in self.owner.settings.streams]
         stored = storage_dtype(self.owner._cache_dtype)
         if not self.shared:
@@ -323,6 +335,9 @@ class _WindowReader:
                 hit = np.flatnonzero((starts < c1) & (stops > c0))
                 if not len(hit):
                     continue
+                lo, hi = np.maximum(starts[hit], c0) - c0, np.minimum(stops[hit], c1) - c0  # chunk rows of each run
+                first, span = int(lo[0]), int(hi[-1] - lo[0])  # the runs lie in chunk rows [first, first + span)
+                at, n = int(dests[hit[0]] + c0 + lo[0] - starts[hit[0]]), int((hi - lo).sum())  # consecutive in S
                 try:
                     scales = None
                     if scaler is not None:  # before the codes: planes() reuses one buffer per thread
@@ -332,22 +347,24 @@ class _WindowReader:
                 except CorruptCacheError as error:
                     raise CorruptCacheError(f"{error} (documents {_documents_at(plan.records[segment], c0, c1)})") \
                         from None
-                for i in hit:
-                    lo, hi = max(int(starts[i]), c0), min(int(stops[i]), c1)
-                    at = int(dests[i]) + lo - int(starts[i])
-                    if place is None and scales is None:
-                        decoder.unshuffle(planes, lo - c0, hi - c0, out[at:at + hi - lo])
-                    else:  # decode contiguous (codes times scales), then put the rows in their (shuffled) places
-                        staged = np.empty((hi - lo, out.shape[1]), decoder.dtype)
-                        decoder.unshuffle(planes, lo - c0, hi - c0, staged)
-                        values = staged if scales is None else decode(staged, scales[lo - c0:hi - c0],
-                                                                      self.owner.store_as)
-                        out[slice(at, at + hi - lo) if place is None else place[at:at + hi - lo]] = values
+                if place is None and scales is None and n == span:  # straight into the window
+                    decoder.unshuffle(planes, first, first + span, out[at:at + n])
+                    continue
+                # decode the runs' span once, keep their rows (codes times scales), put them in their places
+                values = decoder.unshuffle_staged(planes, first, first + span)
+                kept = np.arange(first, first + span) if n == span else np.concatenate(
+                    [np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
+                if n != span:
+                    values = values[kept - first]
+                if scales is not None:
+                    values = decode(values, scales[kept], self.owner.store_as)
+                out[slice(at, at + n) if place is None else place[at:at + n]] = values
 
     def close(self) -> None:
-        for window in self.windows.values():
-            window.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for window in self.windows.values():
+            self._retire(window)
+        self.windows.clear()
 
 
 def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

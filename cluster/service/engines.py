@@ -8,6 +8,7 @@ Ray engine has one per replica, each driving its own S-stage pipeline.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,11 +58,17 @@ class RayEngine:
         # one Backbone per replica, so that each worker thread drives its own pipeline
         self.backbones = [Backbone(prepared.model, ranges, 1, dtype=prepared.settings.dtype) for _ in range(replicas)]
         self._prepared = prepared
+        for replica, backbone in enumerate(self.backbones):  # which process to look at when a stage misbehaves
+            for stage in backbone.stats:
+                print(f"replica {replica} stage {stage.index}: layers {stage.layers[0]}-{stage.layers[1] - 1} on "
+                      f"{stage.device}, pid {stage.pid}, node {stage.node_id[:12]}", file=sys.stderr, flush=True)
 
     def runners(self) -> list[UnitRunner]:
         def runner(backbone: Any) -> UnitRunner:
             def run(unit: Unit, on_batch: OnBatch) -> None:
-                backbone.build(dataclasses.replace(self._prepared, units=[unit]))
+                report = backbone.build(dataclasses.replace(self._prepared, units=[unit]))
+                if report.redone_units:
+                    print(f"unit {unit.unit_id} redone after a stage restart", file=sys.stderr, flush=True)
                 on_batch(unit.docs)  # the pipeline commits whole units: progress moves by unit
             return run
 

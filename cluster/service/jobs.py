@@ -61,6 +61,13 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], folder: object) -> JobRecord:
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise JobError(f"{folder}: job {data.get('id')!r} is not a job record ({error}); move it out") from None
+
 
 class JobRunner:
     """Plan, queue, persist and run jobs on the service's open cache (`prepared`, no units of its own)."""
@@ -73,7 +80,7 @@ class JobRunner:
         self._board = WorkBoard(settings.unit_tokens, settings.batch_size)
         self._cond = threading.Condition()  # guards the records and the board; workers wait on it for units
         self._tokenizing = threading.Lock()
-        self._jobs = {r["id"]: JobRecord(**r) for r in store.records()}
+        self._jobs = {r["id"]: JobRecord.from_dict(r, store.folder) for r in store.records()}
         self._last_saved: dict[str, float] = {}
         self._cache = str(settings.out)
 
@@ -109,7 +116,8 @@ class JobRunner:
         except BaseException:
             self.store.drop_corpus(record.id)
             raise
-        return record.to_dict()
+        with self._cond:  # workers may be updating it already
+            return record.to_dict()
 
     def _tokenize(self, corpus: Sequence[Any]) -> list[TokenizedDoc]:
         with self._tokenizing:  # a fast tokenizer is not safe to call from two threads at once

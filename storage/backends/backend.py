@@ -87,6 +87,11 @@ class StorageBackend(ABC):
         """Every key that starts with `prefix`, with its size and time of last change (one listing, no request per
         object)."""
 
+    @abstractmethod
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """The immediate child folders of folder `prefix` ("" or ending with `/`), as sorted keys ending with `/`
+        (`a/b/`): one delimiter listing, however many objects lie below them (`actcache ls` finds caches so)."""
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under `prefix` (a folder's worth: end it with `/`)."""
         for key in self.list_prefix(prefix):

@@ -141,6 +141,15 @@ class LocalBackend(StorageBackend):
                     found[key] = ObjectInfo(status.st_size, status.st_mtime)
         return found
 
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        folder = self.root / check_prefix(prefix).rstrip("/") if prefix else self.root
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(f"{prefix}{e.name}/" for e in entries
+                      if e.is_dir(follow_symlinks=False) and not e.name.startswith(TEMP_MARK))
+
     def delete_prefix(self, prefix: str) -> None:
         if prefix.endswith("/"):  # a whole folder: one rmtree instead of a call per file
             shutil.rmtree(self.root / check_prefix(prefix).rstrip("/"), ignore_errors=True)

@@ -90,6 +90,13 @@ class ObjectStoreBackend(StorageBackend):
                     for batch in obstore.list(self._store, folder or None)
                     for meta in batch if meta["path"].startswith(prefix)}
 
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        import obstore
+
+        with self._errors(prefix):  # ListObjectsV2 with delimiter `/`: the common prefixes, no object below them
+            found = obstore.list_with_delimiter(self._store, check_prefix(prefix).rstrip("/") or None)
+        return sorted(f"{name.rstrip('/')}/" for name in found["common_prefixes"])
+
     def delete_prefix(self, prefix: str) -> None:
         import obstore
 

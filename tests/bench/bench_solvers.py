@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,17 +35,24 @@ def _status(field: str) -> int:
     return int(re.search(field + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (the `actcache sweep` command)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class Phase:
-    """Wall time and peak RSS above the RSS at the start of a phase."""
+    """Wall time, CPU time (this process and finished children) and peak RSS above the RSS at the start of a phase.
+    On a shared machine the CPU seconds are the figure to compare: wall time mostly measures the neighbours."""
 
     def __enter__(self) -> Phase:
         self.rss = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
-        self.start = time.perf_counter()
+        self.start, self.start_cpu = time.perf_counter(), _cpu_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.seconds, self.cpu = time.perf_counter() - self.start, _cpu_seconds() - self.start_cpu
         self.peak = _status("VmHWM") - self.rss
 
 
@@ -95,14 +103,14 @@ def bare_forward(model, token_ids, labels) -> None:
                 model(torch.as_tensor(ids, dtype=torch.long)[None])
 
 
-def sweep_command(cache: Path, out: Path, args: argparse.Namespace) -> float:
-    """Wall seconds of the whole `actcache sweep` command in a fresh process (start-up and imports included)."""
+def sweep_command(cache: Path, out: Path, args: argparse.Namespace) -> Phase:
+    """The whole `actcache sweep` command in a fresh process (start-up and imports included)."""
     command = [str(Path(sys.executable).with_name("actcache")), "sweep", "--cache", str(cache), "--out", str(out),
                "--layers", args.layers, "--poolings", args.poolings, "--methods", args.methods,
                "--threads", str(args.threads)]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    with Phase() as phase:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return phase
 
 
 def main() -> int:
@@ -137,7 +145,7 @@ def main() -> int:
     with Phase() as sweep:
         result = sweep_cache(work / "cache", work / "sweep", SweepSettings(
             poolings=tuple(poolings), methods=tuple(methods), layers=args.layers, threads=args.threads))
-    command_s = sweep_command(work / "cache", work / "sweep-command", args)
+    command = sweep_command(work / "cache", work / "sweep-command", args)
 
     reader = open_cache(work / "cache")
     docs = reader.documents()
@@ -150,9 +158,9 @@ def main() -> int:
     for _ in range(args.bare_passes or k):
         with Phase() as one:
             bare_forward(model, token_ids, labels)
-        bare.append(one.seconds)
-        print(f"bare forward pass: {one.seconds:.1f} s", flush=True)
-    bare_k = sum(bare) / len(bare) * k
+        bare.append(one)
+        print(f"bare forward pass: {one.seconds:.1f} s ({one.cpu:.1f} CPU s)", flush=True)
+    bare_k, bare_k_cpu = (sum(getattr(b, field) for b in bare) / len(bare) * k for field in ("seconds", "cpu"))
     reruns = []
     for p, m in ((p, m) for p in poolings for m in methods if args.reference_reruns):
         with Phase() as rerun:
@@ -169,13 +177,17 @@ def main() -> int:
         ("documents / tokens / concepts", f"{len(docs)} / {tokens} / {len(labels.concepts)}"),
         ("layers, variants K", f"{args.layers}; K = {k} ({', '.join(f'{m}__{p}' for p in poolings for m in methods)})"),
         ("torch threads", str(args.threads)),
-        ("bare forward pass of the fitted documents, K reruns", f"{bare_k:.1f} s{scaled}"),
-        ("cache build (once)", f"{build.seconds:.1f} s"),
-        ("sweep's own work, in process after imports (all K)", f"{sweep.seconds:.1f} s"),
-        ("whole `actcache sweep` command (all K)", f"{command_s:.1f} s"),
-        ("speed-up: K bare reruns / sweep's own work (goal >= 100x)", f"{bare_k / sweep.seconds:.1f}x"),
-        ("speed-up: K bare reruns / whole command (goal >= 40x)", f"{bare_k / command_s:.1f}x"),
-        ("speed-up: K bare reruns / (build + sweep)", f"{bare_k / (build.seconds + sweep.seconds):.1f}x"),
+        ("bare forward pass of the fitted documents, K reruns: wall / CPU",
+         f"{bare_k:.1f} / {bare_k_cpu:.1f} s{scaled}"),
+        ("cache build (once): wall / CPU", f"{build.seconds:.1f} / {build.cpu:.1f} s"),
+        ("sweep's own work, in process after imports (all K): wall / CPU", f"{sweep.seconds:.1f} / {sweep.cpu:.1f} s"),
+        ("whole `actcache sweep` command (all K): wall / CPU", f"{command.seconds:.1f} / {command.cpu:.1f} s"),
+        ("speed-up: K bare reruns / sweep's own work (goal >= 100x): wall / CPU",
+         f"{bare_k / sweep.seconds:.1f}x / {bare_k_cpu / sweep.cpu:.1f}x"),
+        ("speed-up: K bare reruns / whole command (goal >= 40x): wall / CPU",
+         f"{bare_k / command.seconds:.1f}x / {bare_k_cpu / command.cpu:.1f}x"),
+        ("speed-up: K bare reruns / (build + sweep): wall / CPU",
+         f"{bare_k / (build.seconds + sweep.seconds):.1f}x / {bare_k_cpu / (build.cpu + sweep.cpu):.1f}x"),
         ("peak RSS above start: build / sweep", f"{build.peak / 2**20:.0f} / {sweep.peak / 2**20:.0f} MiB"),
         ("cache on disk", f"{open_cache(work / 'cache').info()['bytes_on_disk'] / 2**20:.1f} MiB"),
     ]

@@ -124,6 +124,14 @@ class BackendConformance:
         assert backend.list_prefix("nothing/") == []
         assert backend.list_prefix("a/y") == []
 
+    def test_list_dirs_names_the_immediate_child_folders(self, backend: StorageBackend) -> None:
+        for key in ["zarr.json", "a/zarr.json", "a/b/c/d", "a/bc/x", "ab/y", "z/w/v"]:
+            backend.put(key, b"x")
+        assert backend.list_dirs() == ["a/", "ab/", "z/"]
+        assert backend.list_dirs("a/") == ["a/b/", "a/bc/"]
+        assert backend.list_dirs("a/b/") == ["a/b/c/"]
+        assert backend.list_dirs("a/b/c/") == [] and backend.list_dirs("nothing/") == []
+
     def test_delete_removes_and_deleting_again_is_fine(self, backend: StorageBackend) -> None:
         backend.put("seg/1/c/0", b"chunk")
         backend.delete("seg/1/c/0")

@@ -74,3 +74,23 @@ def test_uncommitted_segments_do_not_change_the_compression_ratio(written_cache:
     assert after["bytes_on_disk"] >= before["bytes_on_disk"] + after["uncommitted_bytes"]
     assert "uncommitted  1 segment(s)" in format_info(after)
     writer.close()
+
+
+
+def test_documents_stored_by_two_commits_are_counted(written_cache: WrittenCache, capsys) -> None:
+    """The same document committed by two more units (writers without document claims): one document, and one
+    duplicate in `info --json` and its text."""
+    writer = CacheWriter.open(written_cache.path, make_fingerprint())
+    twice = written_cache.docs[0]
+    for unit in ("unit-again-1", "unit-again-2"):
+        segment = writer.begin_segment(unit, [twice], written_cache.token_ids[twice.key])
+        rows = writer.segment_writer(segment)
+        for (hook, layer, key), values in written_cache.values.items():
+            if key == twice.key:
+                rows.append(activation_name(hook, layer), values)
+        assert writer.commit(unit, segment, [twice], rows.close())
+    writer.close()
+    assert actcache_cli.main(["info", str(written_cache.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["documents"], info["duplicate_documents"]) == (len(written_cache.docs), 1)
+    assert "1 stored twice" in format_info(info)

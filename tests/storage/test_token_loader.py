@@ -105,14 +105,15 @@ def test_ranks_get_disjoint_equal_shards(cache: WrittenCache) -> None:
         assert len(seen) >= 2401 - (world - 1) * 100 - 1
 
 
-def test_where_and_positions_select_documents_and_tokens(cache: WrittenCache) -> None:
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_where_and_positions_select_documents_and_tokens(cache: WrittenCache, shuffle: bool) -> None:
     reader = open_cache(cache.path)
     docs = reader.documents()
     starts = np.concatenate([[0], np.cumsum([d.n_tokens for d in docs])])
     for where, positions, keep in [({"source": "unit-c.txt"}, 1, lambda d, p: p >= 1),
                                    ({"index": [0, 1]}, slice(2, 10), lambda d, p: 2 <= p < 10),
                                    (None, slice(0, -1), lambda d, p: p < d.n_tokens - 1)]:
-        ds = reader.tokens(where=where, positions=positions, batch_size=64, buffer_tokens=256)
+        ds = reader.tokens(where=where, positions=positions, batch_size=64, buffer_tokens=256, shuffle=shuffle)
         batches = _collect(ds)
         got = _token_index(batches)
         wanted = [starts[i] + p for i, d in enumerate(docs) for p in range(d.n_tokens)
