@@ -25,8 +25,8 @@ from .planning import TokenizedDoc, Unit, pending_units, plan_units
 
 __all__ = ["GROUP_UNITS", "POLL_SECONDS", "ClaimedUnits", "claim_groups"]
 
-# Units' worth of tokens per group: documents are length-sorted within a group only. Padding computed on top of real
-# tokens, for lognormal lengths (median 400, batch 8): 0.06% sorting the whole corpus, 20% for groups of 4 units,
+# Units' worth of tokens per group: documents are length-sorted within a group only. Padding on top of real tokens,
+# computed for lognormal lengths (median 400, batch 8): 0.06% sorting the whole corpus, 20% for groups of 4 units,
 # 11% of 8, 5% of 16. Larger groups also mean longer waits for a writer whose remaining work another one holds.
 GROUP_UNITS = 16
 POLL_SECONDS = 0.5  # between passes when every remaining bucket is held by another live writer
@@ -39,11 +39,13 @@ def claim_groups(docs: Sequence[TokenizedDoc], group_tokens: int) -> list[list[T
         buckets.setdefault(document_subject(doc.key), []).append(doc)
     groups: list[list[TokenizedDoc]] = []
     current: list[TokenizedDoc] = []
+    size = 0
     for subject in sorted(buckets):
         current += buckets[subject]
-        if sum(d.n_tokens for d in current) >= group_tokens:
+        size += sum(d.n_tokens for d in buckets[subject])
+        if size >= group_tokens:
             groups.append(current)
-            current = []
+            current, size = [], 0
     if current:
         groups.append(current)
     return groups

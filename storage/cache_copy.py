@@ -112,9 +112,9 @@ def copy_cache(src: str, dst: str, *, hooks: str | None = None, layers: str | No
     from .writer import CacheWriter
 
     started = time.perf_counter()
-    if open_backend(src).url == open_backend(dst).url:
-        raise CacheError(f"cp: {src} and {dst} are the same cache: give another destination")
     reader = open_cache(src, tag=tag)
+    if reader.url == open_backend(dst).url:
+        raise CacheError(f"cp: {src} and {dst} are the same cache: give another destination")
     fingerprint = sliced_fingerprint(reader.fingerprint, hooks, layers)
     selected = _select_units(reader, _matching_documents(reader, where))  # refusals come before DST is touched
     writer = CacheWriter.open(dst, fingerprint, reader.model_source)
@@ -127,8 +127,8 @@ def copy_cache(src: str, dst: str, *, hooks: str | None = None, layers: str | No
         with ThreadPoolExecutor(threads, thread_name_prefix="actcache-cp") as pool:
             copies = list(pool.map(lambda r: _unit_copy(reader.backend, writer.backend, r, fingerprint), whole))
             total = sum(sum(c.keys.values()) for c in copies)
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="cp", disable=not progress,
-                      dynamic_ncols=True) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="cp", dynamic_ncols=True,
+                      disable=not progress or not total) as bar:
                 _copy_units(pool, reader.backend, writer.backend, copies, report, bar.update, threads)
         for record, docs in partial:
             _rewrite_unit(reader, writer, record, docs)

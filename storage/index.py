@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .records import ArrayManifest, DocRecord
 
@@ -46,13 +46,12 @@ class CommitRecord:
         )
 
 
-@dataclass(frozen=True)
-class DocLocation:
+class DocLocation(NamedTuple):
     """Where a document's rows are: its segment, its position there, and its first row."""
 
     record: DocRecord
     segment: str
-    index: int
+    position: int  # the document's place among its segment's documents
     start: int
 
     @property

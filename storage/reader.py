@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -37,8 +36,7 @@ STREAM_BLOCK_BYTES = 64 << 20
 NAMED_DOCUMENTS = 3  # documents named in an error message; the rest are counted
 
 
-@dataclass(frozen=True)
-class Document:
+class Document(NamedTuple):
     """A committed document: content key, labels, real token count (and its count before truncation)."""
 
     key: str
@@ -243,13 +241,13 @@ class CacheReader:
         locations = [self._locate(k) for k in keys]
         by_segment: dict[str, list[int]] = {}
         for loc in locations:
-            by_segment.setdefault(loc.segment, []).append(loc.index)
+            by_segment.setdefault(loc.segment, []).append(loc.position)
         found: dict[tuple[str, int], str | None] = {}
         for segment, indices in by_segment.items():
             group = zarr.open_group(self._group.store, path=segment_path(segment), mode="r")
             stored = read_texts(group, indices) if strict or has_texts(group) else [None] * len(indices)
             found.update(zip(((segment, i) for i in indices), stored, strict=True))
-        return [found[(loc.segment, loc.index)] for loc in locations]
+        return [found[(loc.segment, loc.position)] for loc in locations]
 
     def xarray(self, hook: str, layers: Sequence[int] | None = None) -> xarray.Dataset:
         """One lazy Dataset over every committed document: variables `layer_<i>` (token, feature) float32, read

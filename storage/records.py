@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 __all__ = ["DocRecord", "ArraySpec", "ArrayManifest"]
 
+_NO_LABELS: dict[str, Any] = MappingProxyType({})  # type: ignore[assignment]  # a shared default nobody can change
 
-@dataclass(frozen=True)
-class DocRecord:
-    """One stored document: its content key, its real token count, its labels, and its length before truncation."""
+
+class DocRecord(NamedTuple):
+    """One stored document: its content key, its real token count, its labels, and its length before truncation.
+
+    A tuple, not a dataclass: a cache of a million documents builds a million of these when it is opened.
+    """
 
     key: str
     n_tokens: int
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = _NO_LABELS
     original_tokens: int | None = None
 
     @property
@@ -22,19 +27,14 @@ class DocRecord:
         return self.original_tokens is not None and self.original_tokens > self.n_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": self.key, "n_tokens": self.n_tokens, "meta": self.meta}
+        out: dict[str, Any] = {"key": self.key, "n_tokens": self.n_tokens, "meta": dict(self.meta)}
         if self.original_tokens is not None:
             out["original_tokens"] = self.original_tokens
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DocRecord:
-        return cls(
-            key=data["key"],
-            n_tokens=int(data["n_tokens"]),
-            meta=data.get("meta", {}),
-            original_tokens=data.get("original_tokens"),
-        )
+        return cls(data["key"], int(data["n_tokens"]), data.get("meta", {}), data.get("original_tokens"))
 
 
 @dataclass(frozen=True)

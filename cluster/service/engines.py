@@ -46,15 +46,13 @@ class RayEngine:
         import os
 
         from actcache.cluster.pipeline import Backbone, stage_ranges
-        from actcache.cluster.ray_connect import ClusterError, check_joinable, connect, resolve_address
+        from actcache.cluster.ray_connect import ClusterError, connect, resolve_address
 
         if stages < 1 or replicas < 1:
             raise ClusterError(f"--stages {stages} --replicas {replicas}: both must be at least 1")
-        address = resolve_address(address)
-        if address is not None:
-            check_joinable(address)
         ranges = stage_ranges(prepared.model, prepared.deepest_layer, stages)
-        self._owns_ray = connect(address, num_cpus=max(os.cpu_count() or 1, math.ceil(stages * replicas)))
+        self._owns_ray = connect(resolve_address(address),  # refuses an address it cannot join, in one line
+                                 num_cpus=max(os.cpu_count() or 1, math.ceil(stages * replicas)))
         # one Backbone per replica, so that each worker thread drives its own pipeline
         self.backbones = [Backbone(prepared.model, ranges, 1, dtype=prepared.settings.dtype) for _ in range(replicas)]
         self._prepared = prepared

@@ -83,6 +83,8 @@ class JobRunner:
         self._jobs = {r["id"]: JobRecord.from_dict(r, store.folder) for r in store.records()}
         self._last_saved: dict[str, float] = {}
         self._cache = str(settings.out)
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
 
     def start(self) -> None:
         """Plan again every job a previous service left queued or running, then start the worker threads."""
@@ -94,8 +96,19 @@ class JobRunner:
                     self._admit(record, self._tokenize(self.store.corpus(record.id)), user=None)
                 except InputError as err:
                     self._finish(record, "failed", str(err))
-        for i, run in enumerate(self._runners):
-            threading.Thread(target=self._work, args=(run,), name=f"actcache-jobs-{i}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._work, args=(run,), name=f"actcache-jobs-{i}", daemon=True)
+                         for i, run in enumerate(self._runners)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Let the units in flight finish, start no more (the jobs stay live in their records: the next service
+        resumes them)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._cond:
@@ -143,8 +156,11 @@ class JobRunner:
     def _work(self, run: UnitRunner) -> None:
         while True:
             with self._cond:
-                while (task := self._board.take()) is None:
+                task = None
+                while not self._stopping and (task := self._board.take()) is None:
                     self._cond.wait()
+                if task is None:  # the service is stopping
+                    return
                 work, unit = task
                 record = self._jobs[work.job_id]
                 if record.state == "queued":

@@ -65,5 +65,7 @@ def serve(settings: BuildSettings, users_path: str | Path, host: str, port: int,
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
+        runner.stop()  # the units in flight are committed; unfinished jobs resume with the next service
+        prepared.writer.close()  # folds what the service committed, releases its claims
         if engine is not None:
             engine.shutdown()

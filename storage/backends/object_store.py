@@ -8,6 +8,7 @@ installed). `put_if_absent` is a PUT with `If-None-Match: *`: the store answers 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,22 @@ class ObjectStoreBackend(StorageBackend):
     def __init__(self, bucket: str, prefix: str = "") -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._store = s3_store(bucket, self.prefix)
+        self._client = s3_store(bucket, self.prefix)
+        self._pid = os.getpid()
+
+    @property
+    def _store(self) -> S3Store:
+        """The client of this process: a forked child (a DataLoader worker) builds its own, since the parent's
+        connection pool and runtime threads do not survive a fork."""
+        if self._pid != os.getpid():
+            self._client, self._pid = s3_store(self.bucket, self.prefix), os.getpid()
+        return self._client
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"bucket": self.bucket, "prefix": self.prefix}  # a spawned worker or a Ray task builds its client
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(state["bucket"], state["prefix"])  # type: ignore[misc]
 
     @property
     def url(self) -> str:
@@ -140,8 +156,22 @@ class ObjectStoreBackend(StorageBackend):
             ) from None
 
 
+_CONFIG_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
 def s3_store(bucket: str, prefix: str) -> S3Store:
-    """An obstore S3Store for `bucket`/`prefix`, configured only from the standard AWS_* environment."""
+    """An obstore S3Store for `bucket`/`prefix`, configured only from the standard AWS_* environment.
+
+    Building a client costs ~40-60 ms of CPU, and opening a cache wants two (the backend's, zarr's): one client per
+    location, process and configuration is kept and shared.
+    """
+    config = tuple(os.environ.get(name) for name in _CONFIG_VARIABLES)
+    return _cached_store(bucket, prefix, os.getpid(), config)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_store(bucket: str, prefix: str, pid: int, config: tuple[str | None, ...]) -> S3Store:
     from obstore.store import S3Store
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""

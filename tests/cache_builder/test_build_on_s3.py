@@ -41,8 +41,8 @@ def _assert_same_content(a: str | Path, b: str | Path) -> None:
 def test_sigkilled_build_on_s3_resumes_to_the_cache_a_disk_build_makes(tiny_llama_dir: Path, tmp_path: Path,
                                                                       s3_url: str) -> None:
     url = f"{s3_url}/lab/demo"
-    process = subprocess.Popen(_build(tiny_llama_dir, DEMO_CORPUS, url), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(_build(tiny_llama_dir, DEMO_CORPUS, url) + ["--lease-seconds", "3"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     commits = open_backend(url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(commits.list_prefix("commits/")) < 3:
@@ -56,8 +56,11 @@ def test_sigkilled_build_on_s3_resumes_to_the_cache_a_disk_build_makes(tiny_llam
     rerun = subprocess.run(_build(tiny_llama_dir, DEMO_CORPUS, url), capture_output=True, text=True, check=True)
     assert f"reused {partial} documents" in rerun.stdout
     assert verify_cache(url).ok
-    gc = subprocess.run(ACTCACHE + ["gc", url, "--older-than", "0"], capture_output=True, text=True, check=True)
-    assert "deleted" in gc.stdout
+    time.sleep(3)  # the killed writer's lease on its unfinished segment lapses
+    left = open_cache(url).info()["uncommitted_segments"]
+    gc = subprocess.run(ACTCACHE + ["gc", url], capture_output=True, text=True, check=True)
+    assert f"deleted {left} uncommitted segment(s)" in gc.stdout
+    assert open_cache(url).info()["uncommitted_segments"] == 0
     assert verify_cache(url).ok  # gc removed only what no commit names
 
     disk = tmp_path / "disk"

@@ -19,9 +19,10 @@ ACTCACHE = [sys.executable, "-m", "actcache.actcache_cli"]
 
 
 def _build_command(model_dir: Path, corpus: Path, out: Path) -> list[str]:
+    # --lease-seconds: a rerun takes the killed build's document claims over once they expire (60 s by default)
     return ACTCACHE + ["build", "--model", str(model_dir), "--corpus", str(corpus), "--out", str(out),
                        "--layers", "1,3", "--unit-tokens", "256", "--batch-size", "4", "--max-length", "24",
-                       "--no-progress"]
+                       "--no-progress", "--lease-seconds", "10"]
 
 
 def _assert_same_content(a: Path, b: Path) -> None:

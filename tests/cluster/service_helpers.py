@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,13 @@ class Service:
         self._stderr.close()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+def service_in(folder: Path, model_dir: Path, users_file: Path) -> Iterator[Service]:
+    """A module's service: a cache and a log in `folder`, killed when the module is done (a fixture's body)."""
+    running = Service(model_dir, folder / "cache", users_file, folder / "service.log")
+    yield running
+    running.kill()
 
 
 def call_with_headers(url: str, token: str | None, body: bytes | None = None) -> tuple[int, Any, dict[str, str]]:

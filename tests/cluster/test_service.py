@@ -21,7 +21,7 @@ from actcache.cluster.service.job_store import jobs_folder
 from actcache.cluster.service.users import add_user, load_users
 from actcache.storage import open_cache
 from actcache.storage.verify import verify_cache
-from service_helpers import CLI, ENV, MAX_BODY, SENTIMENT, Service, call, capture_flags, wait_done
+from service_helpers import CLI, ENV, MAX_BODY, SENTIMENT, Service, call, capture_flags, service_in, wait_done
 
 
 def _headers_only(url: str, token: str, length: int) -> int:
@@ -47,10 +47,7 @@ def users(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path,
             users: tuple[Path, dict[str, str]]) -> Iterator[Service]:
-    root = tmp_path_factory.mktemp("service")
-    running = Service(tiny_llama_dir, root / "cache", users[0], root / "service.log")
-    yield running
-    running.kill()
+    yield from service_in(tmp_path_factory.mktemp("service"), tiny_llama_dir, users[0])
 
 
 def test_user_add_prints_the_token_once_and_stores_only_its_hash(tmp_path: Path,

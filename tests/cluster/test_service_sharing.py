@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from actcache.actcache_cli import main
+from actcache.cluster.service.job_store import jobs_folder
 from actcache.cluster.service.users import add_user
 from actcache.storage import open_cache
 from cluster_helpers import committed_documents
-from service_helpers import CLI, ENV, SENTIMENT, Service, call, call_with_headers, jsonl, wait_done
+from service_helpers import CLI, ENV, SENTIMENT, Service, call, call_with_headers, jsonl, service_in, wait_done
 
 _BASE = [json.loads(line)["text"] for line in SENTIMENT.read_text().splitlines() if line.strip()]
 
@@ -38,10 +41,7 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path,
             tokens: tuple[Path, dict[str, str]]) -> Iterator[Service]:
-    root = tmp_path_factory.mktemp("shared")
-    running = Service(tiny_llama_dir, root / "cache", tokens[0], root / "service.log")
-    yield running
-    running.kill()
+    yield from service_in(tmp_path_factory.mktemp("shared"), tiny_llama_dir, tokens[0])
 
 
 def _submit(service: Service, token: str, name: str, body: bytes) -> dict[str, Any]:
@@ -161,3 +161,27 @@ def test_submit_takes_the_token_from_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("ACTCACHE_TOKEN", "t")
     assert main(argv) == 2  # now it gets as far as the (closed) port
     assert "cannot reach the service" in capsys.readouterr().err
+
+
+def test_ctrl_c_finishes_the_units_in_flight_and_the_next_service_resumes(
+        service: Service, tokens: tuple[Path, dict[str, str]], tiny_llama_dir: Path) -> None:
+    """Stops the module's service (so it runs last)."""
+    alice = tokens[1]["alice"]
+    job = _submit(service, alice, "interrupted", jsonl(_texts("sigint", 120)))
+    deadline = time.monotonic() + 60
+    while call(f"{service.url}/v1/jobs/{job['id']}", alice)[1]["progress"]["documents_done"] < 4:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    service.proc.send_signal(signal.SIGINT)
+    service.proc.wait(timeout=60)
+    record = json.loads((jobs_folder(str(service.cache)) / f"{job['id']}.json").read_text())
+    assert record["state"] == "running", record  # not failed: its unit in flight was committed, not cut off
+    assert "Traceback" not in service.log.read_text()
+    restarted = Service(tiny_llama_dir, service.cache, tokens[0], service.log)
+    try:
+        done = wait_done(restarted.url, alice, job["id"])
+    finally:
+        restarted.kill()
+    assert done["computed_documents"] + done["reused_documents"] == 120 and done["reused_documents"] > 0
+    keys = committed_documents(service.cache)
+    assert len(keys) == len(set(keys))

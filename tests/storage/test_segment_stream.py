@@ -13,6 +13,7 @@ from actcache.storage import CacheWriter, open_cache
 from actcache.storage.backends import LocalBackend
 from actcache.storage.layout import activation_name, chunk_key, segment_path
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
+from torch.utils.data import DataLoader
 
 CHUNK_ROWS = 32
 LENGTHS = ([5, 300, 1, 40, 77], [700, 9, 13, 64, 31])
@@ -102,3 +103,13 @@ def test_an_s3_cache_streams_and_trains_as_the_same_cache_on_disk(tmp_path: Path
             assert a.keys() == b.keys()
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key])
+    # DataLoader workers are forked: each builds its own S3 client (the parent's does not survive a fork)
+    workers = DataLoader(readers[1].tokens(batch_size=100, buffer_tokens=400, shuffle=False), batch_size=None,
+                         num_workers=2)
+    in_workers = [{k: v.numpy() for k, v in batch.items()} for batch in workers]
+    in_process = [{k: v.numpy() for k, v in batch.items()} for batch in readers[0].tokens(
+        batch_size=100, buffer_tokens=400, shuffle=False)]
+    assert len(in_workers) == len(in_process) == 13
+    for a, b in zip(in_workers, in_process, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
