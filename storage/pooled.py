@@ -101,7 +101,10 @@ def parse_pooling(text: str) -> Pooling:
 
 
 def _matches(value: Any, wanted: Any) -> bool:
-    """Label equality that forgives a command line's strings: 3 matches "3"."""
+    """Label equality that forgives a command line's strings: 3 matches "3". A list label (a text labelled twice,
+    a document several service jobs sent) matches when any of its values does."""
+    if isinstance(value, list):
+        return any(_matches(item, wanted) for item in value)
     options = wanted if isinstance(wanted, (list, tuple, set, frozenset)) else (wanted,)
     return any(value == w or (value is not None and str(value) == str(w)) for w in options)
 

@@ -1,20 +1,20 @@
 """Where the service keeps its jobs: each a JSON record and its corpus (JSONL, tagged with the job id).
 
-All file handling of the jobs lives here, behind `jobs_folder`, so that the jobs can move to a storage backend
-beside an object-store cache without touching the queue. Records are rewritten atomically (temp file, fsync,
-rename), so a service killed at any moment finds every record whole.
+The jobs live beside the cache on the same kind of storage (storage/backends: a folder, or an S3 prefix). Records
+are replaced atomically (a disk: temp file, fsync, rename; S3: one PUT), so a service killed at any moment finds
+every record whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from actcache.cache_builder.corpus import Document
+from actcache.storage.backends import open_backend
 from actcache.storage.errors import InputError
 
 __all__ = ["JobError", "JobStore", "SERVICE_FIELDS", "jobs_folder"]
@@ -26,38 +26,33 @@ class JobError(InputError):
     """A submission the service refuses (its message names the line and the fix): HTTP 400."""
 
 
-def jobs_folder(cache: str) -> Path:
-    """Where a cache's jobs live: beside it, so the cache holds only what `open_cache` reads."""
-    if "://" in cache:
-        raise JobError(f"--cache {cache}: the service keeps its jobs beside a local cache only, for now; give a "
-                       f"folder")
-    path = Path(cache)
-    return path.with_name(path.name + ".jobs")
+def jobs_folder(cache: str) -> str:
+    """Where a cache's jobs live: beside it (`<cache>.jobs`, a folder or an S3 prefix), so the cache holds only what
+    `open_cache` reads."""
+    return cache.rstrip("/") + ".jobs"
 
 
 class JobStore:
-    """The job records and corpora of one cache."""
+    """The job records and corpora of one cache, on the cache's kind of storage (a disk, or S3)."""
 
     def __init__(self, cache: str) -> None:
         self.folder = jobs_folder(cache)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._backend = open_backend(self.folder)
 
     def save(self, record: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{record['id']}.")
-        with os.fdopen(fd, "w") as out:
-            json.dump(record, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.folder / f"{record['id']}.json")
+        self._backend.put(f"{record['id']}.json", json.dumps(record).encode())  # atomic replace on both backends
 
     def records(self) -> list[dict[str, Any]]:
-        """Every stored record (refuses a file that is not one, naming it)."""
+        """Every stored record (refuses an object that is not one, naming it)."""
         records = []
-        for path in sorted(self.folder.glob("*.json")):
+        for key in self._backend.list_prefix(""):
+            if "/" in key or not key.endswith(".json"):
+                continue
             try:
-                records.append(json.loads(path.read_text()))
+                records.append(json.loads(self._backend.get(key)))
             except ValueError as error:
-                raise JobError(f"{path}: not a job record ({error}); move it out of {self.folder}") from None
+                raise JobError(f"{self.folder}/{key}: not a job record ({error}); move it out of {self.folder}") \
+                    from None
         return records
 
     def put_corpus(self, job_id: str, body: bytes) -> list[Document]:
@@ -66,7 +61,8 @@ class JobStore:
         from actcache.cache_builder.corpus import CorpusError
         from actcache.cache_builder.corpus.jsonl import JsonlLoader
 
-        upload = self.folder / f"{job_id}.upload.jsonl"
+        scratch = tempfile.TemporaryDirectory(prefix="actcache-upload-")
+        upload = Path(scratch.name) / f"{job_id}.jsonl"
         upload.write_bytes(body)
         try:
             docs = JsonlLoader().load(upload)
@@ -81,19 +77,22 @@ class JobStore:
             message = re.sub(re.escape(str(upload)) + r":(\d+)", r"line \1", str(err))
             raise JobError(message.replace(str(upload), "the body")) from None
         finally:
-            upload.unlink()
-        self._corpus(job_id).write_text("\n".join(lines))
+            scratch.cleanup()
+        self._backend.put(self._corpus(job_id), "\n".join(lines).encode())
         return self.corpus(job_id)
 
     def corpus(self, job_id: str) -> list[Document]:
         """The stored corpus's documents, each with `job` set."""
         from actcache.cache_builder.corpus.jsonl import JsonlLoader
 
-        return JsonlLoader().load(self._corpus(job_id))
+        with tempfile.TemporaryDirectory(prefix="actcache-corpus-") as scratch:  # the loader reads files
+            path = Path(scratch) / f"{job_id}.jsonl"
+            path.write_bytes(self._backend.get(self._corpus(job_id)))
+            return JsonlLoader().load(path)
 
     def drop_corpus(self, job_id: str) -> None:
         """Forget a refused submission's corpus."""
-        self._corpus(job_id).unlink(missing_ok=True)
+        self._backend.delete(self._corpus(job_id))
 
-    def _corpus(self, job_id: str) -> Path:
-        return self.folder / f"{job_id}.jsonl"
+    def _corpus(self, job_id: str) -> str:
+        return f"corpora/{job_id}.jsonl"

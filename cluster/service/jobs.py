@@ -216,15 +216,20 @@ class JobRunner:
             self._finish(record, "done", None)
 
     def _label(self, record: JobRecord, work: JobWork) -> None:
-        """Give the job's documents its labels, except those a newer job sent (the newest sender's labels win)."""
+        """Give the job's documents its labels: `job` lists every job that sent the document (oldest first, so
+        `where={"job": id}` finds all of a job's documents); other fields are the newest sender's."""
         from actcache.storage import open_cache
         from actcache.storage.annotations import relabel
 
-        current = {d.key: d.meta.get("job") for d in open_cache(self._cache).documents() if d.key in work.docs}
-        seqs = {r.id: r.seq for r in self._jobs.values() if r.state != "failed"}
-        newer = {key for key, job in current.items() if isinstance(job, str) and seqs.get(job, 0) > record.seq}
-        mine = {key: doc.meta for key, doc in work.docs.items() if key not in newer}
-        relabel(self._cache, mine, f"job {record.id}")
+        current = {d.key: d.meta for d in open_cache(self._cache).documents() if d.key in work.docs}
+        seqs = {r.id: r.seq for r in self._jobs.values()}
+        labels = {}
+        for key, doc in work.docs.items():
+            before = _senders(current.get(key, {}))
+            senders = sorted({*before, record.id}, key=lambda job: seqs.get(job, 0))
+            newest_meta = current[key] if key in current and senders[-1] != record.id else doc.meta
+            labels[key] = {**newest_meta, "job": senders[0] if len(senders) == 1 else senders}
+        relabel(self._cache, labels, f"job {record.id}")
 
     def _finish(self, record: JobRecord, state: str, error: str | None) -> None:
         record.state, record.error, record.finished = state, error, time.time()
@@ -245,3 +250,11 @@ class JobRunner:
             return
         self._last_saved[record.id] = now
         self.store.save(record.to_dict())
+
+
+def _senders(meta: dict[str, Any]) -> list[str]:
+    """The jobs a document's `job` label names (one id, or a list of them)."""
+    job = meta.get("job")
+    if isinstance(job, str):
+        return [job]
+    return [j for j in job if isinstance(j, str)] if isinstance(job, list) else []

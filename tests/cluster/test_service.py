@@ -134,7 +134,7 @@ def test_a_killed_service_resumes_its_running_and_queued_jobs(service: Service, 
             time.sleep(0.05)
     finally:
         service.kill()
-    persisted = {r: json.loads((jobs_folder(str(cache)) / f"{r}.json").read_text())["state"]
+    persisted = {r: json.loads((Path(jobs_folder(str(cache))) / f"{r}.json").read_text())["state"]
                  for r in (running["id"], queued["id"])}
     assert persisted[running["id"]] == "running" and persisted[queued["id"]] in ("queued", "running")
     committed = open_cache(cache).n_documents - before
