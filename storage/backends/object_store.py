@@ -31,14 +31,10 @@ class ObjectStoreBackend(StorageBackend):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._client = s3_store(bucket, self.prefix)
-        self._pid = os.getpid()
 
     @property
     def _store(self) -> S3Store:
-        """The client of this process: a forked child (a DataLoader worker) builds its own, since the parent's
-        connection pool and runtime threads do not survive a fork."""
-        if self._pid != os.getpid():
-            self._client, self._pid = s3_store(self.bucket, self.prefix), os.getpid()
+        _refuse_after_fork(self.url)
         return self._client
 
     def __getstate__(self) -> dict[str, str]:
@@ -166,12 +162,36 @@ def s3_store(bucket: str, prefix: str) -> S3Store:
     Building a client costs ~40-60 ms of CPU, and opening a cache wants two (the backend's, zarr's): one client per
     location, process and configuration is kept and shared.
     """
+    _refuse_after_fork(f"s3://{bucket}/{prefix}")
+    global _used
+    _used = True
     config = tuple(os.environ.get(name) for name in _CONFIG_VARIABLES)
-    return _cached_store(bucket, prefix, os.getpid(), config)
+    return _cached_store(bucket, prefix, config)
+
+
+_used = False  # this process has built an S3 client
+_forked_after_use = False  # ... and is a fork of one that had: its clients would hang (obstore's runtime is gone)
+
+
+def _refuse_after_fork(where: str) -> None:
+    """A forked child of a process that used S3 would hang on its first request: say so instead."""
+    if _forked_after_use:
+        raise CacheError(
+            f"{where}: this process was forked from one that already used S3, and obstore's runtime does not "
+            "survive a fork: start workers with spawn, e.g. DataLoader(..., multiprocessing_context='spawn')"
+        )
+
+
+def _after_fork_in_child() -> None:
+    global _forked_after_use
+    _forked_after_use = _used
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_store(bucket: str, prefix: str, pid: int, config: tuple[str | None, ...]) -> S3Store:
+def _cached_store(bucket: str, prefix: str, config: tuple[str | None, ...]) -> S3Store:
     from obstore.store import S3Store
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""

@@ -70,7 +70,7 @@ def test_caa_from_train_separates_the_test_split(smollm2_solve):
     vector = read_readout(out).vectors[15][0]  # (d,) from the train split only
     test = [d for d in reader.documents() if d.meta["split"] == "test"]
     pooled = np.stack([reader.activations("resid_post", 15, d.key)[-1] for d in test])
-    labels = [0 if d.meta["sentiment"] == "positive" else -1 for d in test]
+    labels = np.array([[d.meta["sentiment"] == "positive"] for d in test])  # (documents, 1 concept)
     import torch
 
     (auroc,) = projection_auroc(vector[None], torch.from_numpy(pooled), labels)

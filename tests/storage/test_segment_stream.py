@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from actcache.storage import CacheWriter, open_cache
+from actcache.storage import CacheError, CacheWriter, open_cache
 from actcache.storage.backends import LocalBackend
 from actcache.storage.layout import activation_name, chunk_key, segment_path
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
@@ -103,9 +103,11 @@ def test_an_s3_cache_streams_and_trains_as_the_same_cache_on_disk(tmp_path: Path
             assert a.keys() == b.keys()
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key])
-    # DataLoader workers are forked: each builds its own S3 client (the parent's does not survive a fork)
-    workers = DataLoader(readers[1].tokens(batch_size=100, buffer_tokens=400, shuffle=False), batch_size=None,
-                         num_workers=2)
+    # DataLoader workers on S3 are spawned (obstore's runtime does not survive a fork; a forked worker says so)
+    dataset = readers[1].tokens(batch_size=100, buffer_tokens=400, shuffle=False)
+    with pytest.raises(CacheError, match="multiprocessing_context='spawn'"):
+        next(iter(DataLoader(dataset, batch_size=None, num_workers=1, multiprocessing_context="fork")))
+    workers = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="spawn")
     in_workers = [{k: v.numpy() for k, v in batch.items()} for batch in workers]
     in_process = [{k: v.numpy() for k, v in batch.items()} for batch in readers[0].tokens(
         batch_size=100, buffer_tokens=400, shuffle=False)]

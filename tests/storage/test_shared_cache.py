@@ -13,7 +13,7 @@ from actcache.storage.backends import open_backend
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
 from writer_race import start_writers_together
 
-ROUNDS = 5
+ROUNDS = 3
 
 
 @pytest.fixture(params=["disk", "s3"])
