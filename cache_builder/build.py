@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from actcache.storage import CacheError, CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
+from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
 from actcache.storage.annotations import relabel
-from actcache.storage.claims import Claim
+from actcache.storage.claims import Claim, Lease
 from actcache.storage.committed_keys import CommittedKeys
 from actcache.storage.devices import resolve_device
 from actcache.storage.fingerprint import digest
 from actcache.storage.hook_points import check_layer_kinds, hook_widths
 from actcache.storage.selection import select_layers
+from actcache.storage.store_modes import OUTLIERS
 from tqdm import tqdm
 
 from .capture import capture_range, check_hooks
@@ -46,7 +47,8 @@ from .settings import BuildSettings, BuildSettingsError
 from .transformers_quiet import quiet_transformers
 
 __all__ = ["BuildSettings", "BuildReport", "PreparedBuild", "parse_layers", "prepare_build", "open_build",
-           "build_cache", "begin_unit", "capture_batch", "run_unit", "pad_token_id", "ProgressCallback"]
+           "build_cache", "begin_unit", "capture_batch", "run_unit", "claim_units", "run_claimed", "finish_claimed",
+           "pad_token_id", "ProgressCallback"]
 
 
 @dataclass
@@ -59,6 +61,7 @@ class BuildReport:
     truncated: list[tuple[str, int, int]] = field(default_factory=list)  # (source, original, kept)
     relabelled: int = 0  # cached documents whose labels the corpus changed (a new annotation version)
     by_other_writers: int = 0  # documents to build that another writer on the same cache committed meanwhile
+    taken_over: list[Claim] = field(default_factory=list)  # document claims of dead writers this build took over
 
     def summary(self, out: str | Path) -> str:
         rate = self.built_tokens / self.seconds if self.seconds else 0.0
@@ -68,6 +71,9 @@ class BuildReport:
         ]
         if self.by_other_writers:
             lines.append(f"{self.by_other_writers} documents were computed by other writers on this cache meanwhile")
+        if self.taken_over:
+            lines.append(f"took over {len(self.taken_over)} document bucket claim(s) of writers that died (e.g. "
+                         f"{self.taken_over[0].describe()})")
         if self.truncated:
             examples = ", ".join(f"{s} ({o} -> {k} tokens)" for s, o, k in self.truncated[:3])
             lines.append(f"truncated {len(self.truncated)} documents longer than --max-length, e.g. {examples}")
@@ -133,7 +139,8 @@ def open_build(settings: BuildSettings, corpus: Sequence[Document] = ()) -> tupl
     config = model_fp["config"]
     layers = parse_layers(settings.layers, num_layers(config))
     tok_fp = tokenizer_fingerprint(tokenizer)
-    capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side, settings.store_as)
+    capture = CaptureSpec(hooks, layers, settings.max_length, settings.truncation_side, settings.store_as,
+                          OUTLIERS.get(settings.store_as, 0))
     widths = hook_widths(hooks, model_dims(config))
     check_layer_kinds(hooks, layers, lambda layer: is_moe_layer(config, layer))
     n_heads, head_dim = head_shape(config)
@@ -163,6 +170,39 @@ def _tokenize(corpus: Sequence[Document], tokenizer: Any, tokenizer_fp: dict[str
 def _model_source(model: ResolvedModel) -> dict[str, Any]:
     files = [] if model.gguf_file else weight_files(model)
     return {"path": str(model.path), "gguf_file": model.gguf_file, "name": model.name, "weight_files": files}
+
+
+def claim_units(prepared: PreparedBuild, docs: Sequence[TokenizedDoc] | None = None,
+                on_wait: Callable[[list[Claim]], None] | None = None, lease: Lease | None = None) -> ClaimedUnits:
+    """The units of `docs` (default: the whole corpus) that this writer claims on `prepared`'s cache, with its lease
+    length and unit plan: every builder (this process, the Ray pipeline, the service) computes through one.
+    `lease`: one shared by this writer's threads (see `ClaimedUnits`)."""
+    settings = prepared.settings
+    return ClaimedUnits(prepared.docs if docs is None else docs, CommittedKeys(prepared.writer.backend),
+                        prepared.writer.claims, settings.lease_s, unit_tokens=settings.unit_tokens,
+                        batch_size=settings.batch_size, on_wait=on_wait, lease=lease)
+
+
+def run_claimed(prepared: PreparedBuild, work: ClaimedUnits, stack: DecoderStack,
+                on_batch: Callable[[Sequence[TokenizedDoc]], None] | None = None) -> int:
+    """Compute and commit in this process every unit `work` hands out; returns how many were committed."""
+    pad_id, capture = pad_token_id(prepared.tokenizer), prepared.fingerprint.capture
+    side = prepared.settings.padding_side
+    units = 0
+    for unit in work:
+        batches = (capture_batch(stack, b, capture, pad_id, side) for b in unit.batches())
+        run_unit(prepared, unit, batches, on_batch, work.check)
+        work.committed(unit)
+        units += 1
+    return units
+
+
+def finish_claimed(work: ClaimedUnits, report: BuildReport, to_build: int) -> None:
+    """After the last commit: refuse a build that left documents uncommitted; count what other writers built and
+    which dead writers' claims this one took over. `to_build`: documents missing from the cache when planned."""
+    work.check_complete()
+    report.by_other_writers = to_build - report.built_documents
+    report.taken_over = work.taken_over
 
 
 def capture_batch(stack: DecoderStack, docs: Sequence[TokenizedDoc], capture: CaptureSpec, pad_id: int,
@@ -245,8 +285,6 @@ def _run_units(prepared: PreparedBuild, model: Any, device: str, on_progress: Pr
         model = load_model(prepared.model, settings.dtype, device)
     started = time.perf_counter()
     stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
-    pad_id = pad_token_id(prepared.tokenizer)
-    capture = prepared.fingerprint.capture
     with tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="build", disable=not settings.progress,
               dynamic_ncols=True) as bar:
         def advance(batch_docs: Sequence[TokenizedDoc]) -> None:
@@ -262,18 +300,9 @@ def _run_units(prepared: PreparedBuild, model: Any, device: str, on_progress: Pr
             bar.set_postfix_str(f"waiting for {len(holders)} document bucket(s) claimed by other writers "
                                 f"({holders[0].describe()})")
 
-        committed = CommittedKeys(prepared.writer.backend)
-        with ClaimedUnits(prepared.docs, committed, prepared.writer.claims, settings.lease_s,
-                          unit_tokens=settings.unit_tokens, batch_size=settings.batch_size, on_wait=waiting) as work:
-            for unit in work:
-                batches = (capture_batch(stack, b, capture, pad_id, settings.padding_side) for b in unit.batches())
-                run_unit(prepared, unit, batches, advance, work.check)
-                report.units += 1
-        missing = [d.key for d in prepared.docs if d.key not in committed.refresh()]
-        if missing:  # never expected: every claimed unit was committed, every other bucket was seen committed
-            raise CacheError(f"{len(missing)} documents of the corpus are not committed (e.g. {missing[0]}): "
-                             f"rerun the same command to build them")
-        report.by_other_writers = total_docs - report.built_documents
+        with claim_units(prepared, on_wait=waiting) as work:
+            report.units += run_claimed(prepared, work, stack, advance)
+            finish_claimed(work, report, total_docs)
         bar.update(total_tokens - report.built_tokens)
     report.seconds = time.perf_counter() - started
     return report

@@ -2,12 +2,14 @@
 `actcache.cache_builder.build.build_cache`.
 
 The driver does everything that needs no model (`prepare_build`: validation, fingerprint, dedup against the cache,
-the plan), begins one segment per unit and commits it once every stage has closed its own arrays. Stages receive
-token ids (stage 0) or hidden states (ObjectRefs chained stage to stage), so only hidden states travel, and
-several micro-batches are in flight per replica so that the stages work at the same time. A stage that dies is
-restarted by Ray (`max_restarts`); every unit it had not committed is redone under a new segment (the old one is
-abandoned: deleted, its claim released), so no document is lost or stored twice. Killing the driver loses only
-uncommitted units: rerunning resumes from the commit records, like the single-process builder.
+the plan), claims the documents it computes (`claim_units`, the same per-bucket claims as the single-process
+builder, so builders of either kind on one cache compute each document once), begins one segment per unit and
+commits it once every stage has closed its own arrays, releasing a group's claims once its units are committed.
+Stages receive token ids (stage 0) or hidden states (ObjectRefs chained stage to stage), so only hidden states
+travel, and several micro-batches are in flight per replica so that the stages work at the same time. A stage
+that dies is restarted by Ray (`max_restarts`); every unit it had not committed is redone under a new segment (the
+old one is abandoned: deleted, its claim released), so no document is lost or stored twice. Killing the driver
+loses only uncommitted units: rerunning resumes from the commit records, like the single-process builder.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,13 @@ from actcache.cache_builder.build import (
     BuildReport,
     PreparedBuild,
     begin_unit,
+    claim_units,
+    finish_claimed,
     pad_token_id,
     parse_layers,
     prepare_build,
 )
+from actcache.cache_builder.claimed_units import POLL_SECONDS, ClaimedUnits
 from actcache.cache_builder.model_source import ResolvedModel, num_layers, resolve_model, weight_files
 from actcache.cache_builder.partial_load import layer_bytes
 from actcache.cache_builder.planning import Unit
@@ -46,6 +51,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 __all__ = ["MAX_RESTARTS", "Backbone", "PipelineReport", "build_distributed", "stage_ranges"]
 
 MAX_RESTARTS = 4  # per stage actor; a unit is tried at most MAX_RESTARTS + 1 times
+NOT_NOW = "not now"  # what a replica is told while every remaining document is claimed by another live writer
 JOIN_POLL_S = 0.5
 
 
@@ -97,7 +103,8 @@ def build_distributed(settings: BuildSettings, *, stages: int, replicas: int = 1
     backbone = None
     try:
         backbone = Backbone(model, ranges, replicas, dtype=settings.dtype, cpus_per_stage=cpus_per_stage)
-        report = backbone.build(prepared, in_flight=in_flight)
+        with claim_units(prepared) as work:
+            report = backbone.build(prepared, in_flight=in_flight, work=work)
     finally:
         prepared.writer.close()  # folds what the driver committed, releases its claims
         if backbone is not None:
@@ -139,9 +146,14 @@ class Backbone:
                                            for _ in range(replicas)]
         self.stats: list[StageStats] = ray.get([s.ready.remote() for p in self.pipelines for s in p])
 
-    def build(self, prepared: PreparedBuild, *, replicas: int | None = None,
-              in_flight: int | None = None) -> PipelineReport:
-        """Run a prepared build's units on the first `replicas` pipelines (default all) and commit them."""
+    def build(self, prepared: PreparedBuild, *, replicas: int | None = None, in_flight: int | None = None,
+              work: ClaimedUnits | None = None, on_unit: Callable[[Unit], None] | None = None) -> PipelineReport:
+        """Run a prepared build's units on the first `replicas` pipelines (default all) and commit them.
+
+        `work`: the claimed units to run instead of `prepared.units` (whose caller then holds their claims): the
+        build ends when every document of its corpus is committed, by this build or by another writer. `on_unit`
+        is called after each commit.
+        """
         deepest = self.ranges[-1].stop - 1
         if prepared.model.path != self.model.path or prepared.settings.dtype != self.dtype:
             raise ClusterError(f"this backbone runs {self.model.path} in {self.dtype}, the build wants "
@@ -154,7 +166,9 @@ class Backbone:
         report.stage_stats = self.stats
         started = time.perf_counter()
         if prepared.units:
-            _Run(prepared, report, pipelines, in_flight or 2 * len(self.ranges)).execute()
+            _Run(prepared, report, pipelines, in_flight or 2 * len(self.ranges), work, on_unit).execute()
+            if work is not None:
+                finish_claimed(work, report, sum(len(u.docs) for u in prepared.units))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -193,10 +207,13 @@ class _Open:
 
 
 class _Run:
-    """Units shared by the replicas (one driver thread each); begin, commit and redo under one lock."""
+    """Units shared by the replicas (one driver thread each); begin, commit and redo under one lock. Units come
+    from `work` (claimed as they are drawn, one replica thread at a time) or else `prepared.units`; redone units
+    come first."""
 
     def __init__(self, prepared: PreparedBuild, report: PipelineReport, pipelines: list[list[Any]],
-                 in_flight: int) -> None:
+                 in_flight: int, work: ClaimedUnits | None = None,
+                 on_unit: Callable[[Unit], None] | None = None) -> None:
         from tqdm import tqdm
 
         self.prepared = prepared
@@ -205,7 +222,10 @@ class _Run:
         self.in_flight = max(1, in_flight)
         self.pad_id = pad_token_id(prepared.tokenizer)
         self.job = ray.put(CaptureJob(prepared.writer.url, prepared.fingerprint.to_dict()))
-        self.todo: deque[Unit] = deque(prepared.units)
+        self.work, self.on_unit = work, on_unit
+        self.units: Iterator[Unit | None] = work.pending() if work is not None else iter(prepared.units)
+        self.redo: deque[Unit] = deque()
+        self.drawing = threading.Lock()  # one replica at a time draws (and claims) new units; commits go on meanwhile
         self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()
         self.failed: BaseException | None = None
@@ -231,9 +251,18 @@ class _Run:
             raise self.failed
 
     # -- shared state ---------------------------------------------------------------------------------------------
-    def _take(self) -> Unit | None:
+    def _take(self) -> Unit | str | None:
+        """The next unit; NOT_NOW while every remaining document is held by another live writer; None when none
+        is left (or the build failed)."""
         with self.lock:
-            return self.todo.popleft() if self.todo and self.failed is None else None
+            if self.failed is not None:
+                return None
+            if self.redo:
+                return self.redo.popleft()
+        with self.drawing:
+            for unit in self.units:  # the next one, if any
+                return NOT_NOW if unit is None else unit
+        return None
 
     def _fail(self, error: BaseException) -> None:
         """Stop handing out units; the first error is raised by `execute` (a stage's own error, unwrapped from
@@ -250,11 +279,17 @@ class _Run:
 
     def _commit(self, item: _Open, manifests: list[Any]) -> None:
         with self.lock:
+            if self.work is not None:
+                self.work.check(item.unit)  # its document claims are still ours: nobody else computes them
             self.prepared.writer.commit(item.unit.unit_id, item.segment, item.records, manifests)
             self.report.units += 1
             self.report.built_documents += len(item.unit.docs)
             self.report.built_tokens += item.unit.n_tokens
             self.bar.update(item.unit.n_tokens)
+        if self.work is not None:
+            self.work.committed(item.unit)
+        if self.on_unit is not None:
+            self.on_unit(item.unit)
 
     def _redo(self, units: list[Unit], error: BaseException) -> None:
         with self.lock:
@@ -265,7 +300,7 @@ class _Run:
                         f"unit {unit.unit_id} failed {tries} times, last with {_brief(error)}: check the stage "
                         f"logs (ray logs), memory and the model files, then rerun to resume"
                     )
-                self.todo.appendleft(unit)
+                self.redo.appendleft(unit)
             self.report.redone_units += len(units)
 
     # -- one replica ----------------------------------------------------------------------------------------------
@@ -312,6 +347,12 @@ class _Run:
         each unit as soon as all its stages closed their arrays."""
         window: deque[Any] = deque()
         while (unit := self._take()) is not None:
+            if isinstance(unit, str):  # commit what is in flight here (it may hold what others wait for), then pause
+                ray.get(list(window))
+                window.clear()
+                self._commit_ready(opened, block=True)
+                time.sleep(POLL_SECONDS)
+                continue
             item = self._begin(unit)
             opened.append(item)
             for index, docs in enumerate(unit.batches()):

@@ -13,6 +13,7 @@ import torch
 from actcache.solvers.caa import normalize
 from actcache.solvers.errors import SolverInputError
 from actcache.solvers.labels import LabelSets
+from actcache.solvers.logistic_lbfgs import LBFGS_DEFAULTS, lbfgs_logistic
 from actcache.solvers.sufficient_stats import PooledStore
 from torch import Tensor
 
@@ -71,13 +72,27 @@ def _sklearn_rows(d: Tensor) -> tuple[Any, Any]:
 
 
 def logistic_aggregator(sklearn_kwargs: dict[str, Any] | None = None) -> Aggregator:
-    """Coefficients of `LogisticRegression(fit_intercept=False, **sklearn_kwargs)` on rows +-D/2."""
+    """Coefficients of `LogisticRegression(fit_intercept=False, **sklearn_kwargs)` on rows +-D/2 (float32).
+
+    With kwargs among C, tol and max_iter (the default l2 penalty and lbfgs solver) the fit is scikit-learn's
+    own L-BFGS-B call made directly (`lbfgs_logistic`: same coefficients, no scikit-learn import); any other
+    setting goes to scikit-learn.
+    """
+    kwargs = dict(sklearn_kwargs or {})
 
     def aggregate(pos: Tensor, neg: Tensor) -> Tensor:
+        d = _deltas(pos, neg)
+        if kwargs.keys() <= LBFGS_DEFAULTS.keys():
+            settings = {**LBFGS_DEFAULTS, **kwargs}
+            half = (d / 2).float()  # (n, d): the float32 rows scikit-learn would fit
+            y = torch.cat([torch.ones(len(half)), torch.zeros(len(half))])
+            coef = lbfgs_logistic(torch.cat([half, -half]), y, c=float(settings["C"]), tol=float(settings["tol"]),
+                                  max_iter=int(settings["max_iter"]))
+            return _out(coef, pos)
         from sklearn.linear_model import LogisticRegression
 
-        x, y = _sklearn_rows(_deltas(pos, neg))
-        reg = LogisticRegression(fit_intercept=False, **(sklearn_kwargs or {})).fit(x.astype("float32"), y)
+        x, y_np = _sklearn_rows(d)
+        reg = LogisticRegression(fit_intercept=False, **kwargs).fit(x.astype("float32"), y_np)
         return _out(torch.as_tensor(reg.coef_[0], dtype=torch.float64), pos)
 
     return aggregate

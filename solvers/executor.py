@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 from actcache.solvers.errors import SolverInputError
@@ -107,3 +108,24 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@cache
+def _blas_pools() -> Any:
+    """The BLAS thread pools loaded so far (scipy's included: the callers import scipy first)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def scipy_blas_threads() -> Iterator[None]:
+    """Run numpy's and scipy's BLAS with torch's thread count (`torch_threads`) while scipy solves.
+
+    Their OpenBLAS threads spin after every call: on a busy machine the spinning burned several times the CPU of
+    a sweep's small logistic fits and eigensolves. Import scipy before entering (the pools are looked up once).
+    """
+    import torch
+
+    with _blas_pools().limit(limits=torch.get_num_threads(), user_api="blas"):
+        yield

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from actcache.solvers.caa import normalize
 from actcache.solvers.errors import SolverInputError
+from actcache.solvers.executor import scipy_blas_threads
 from actcache.solvers.finite import all_finite
 from torch import Tensor
 
@@ -83,9 +84,29 @@ def subspace_eigen(
     diff = total - concept_total
     diff /= -(n_total - n_concept)  # -M_base
     diff.add_(concept_total, alpha=1.0 / n_concept)  # + M_pos
-    evals, evecs = torch.linalg.eigh(diff)  # ascending; evecs (d, d) columns
+    evals, evecs = _top_eigh(diff, max(n_report, eigen_k))  # descending; evecs (d, m) columns
     del diff
-    return SubspaceEigen(evals.flip(0)[:n_report].clone(), evecs[:, -eigen_k:].flip(1).clone())
+    return SubspaceEigen(evals[:n_report].clone(), evecs[:, :eigen_k].clone())
+
+
+def _top_eigh(m: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The `count` largest eigenpairs of the symmetric `m` (d, d), descending; `m` is overwritten.
+
+    On the CPU, LAPACK's MRRR (scipy, dsyevr) computes just those: under half the time of torch's full `eigh`
+    at d = 576, with the same pairs to float noise. Elsewhere torch's full `eigh` (ascending) is cut down.
+    """
+    d = m.shape[0]
+    if m.device.type != "cpu":
+        evals, evecs = torch.linalg.eigh(m)  # ascending
+        return evals.flip(0)[:count], evecs.flip(1)[:, :count]
+    from scipy.linalg import eigh
+
+    with scipy_blas_threads():
+        # m's transpose is Fortran-ordered (LAPACK works in place, no copy); its upper triangle is m's lower
+        # one, the triangle torch's eigh reads
+        evals_np, evecs_np = eigh(m.numpy().T, lower=False, subset_by_index=[max(d - count, 0), d - 1],
+                                  driver="evr", overwrite_a=True, check_finite=False)  # ascending
+    return torch.from_numpy(evals_np).flip(0), torch.from_numpy(evecs_np).flip(1)
 
 
 def oriented_direction(eigen: SubspaceEigen, caa_diff: Tensor) -> SubspaceResult:

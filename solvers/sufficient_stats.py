@@ -201,12 +201,19 @@ class ProjectorTotals:
             self.flush()
 
     def flush(self) -> None:
-        """Add the buffered bases into the float64 totals."""
-        for key, total in self._sums.items():
-            cols = [b for b, members in self._pending if key is None or key in members]
-            if cols:
-                w = torch.cat(cols, dim=1)  # (d, K)
-                total += (w @ w.T).to(torch.float64)
+        """Add the buffered bases into the float64 totals: one product per group of documents with the same
+        concepts, added to T and to each tracked T_c among them (not one product per total: T would redo every
+        column the T_c already multiplied). Grouped by all of a document's concepts, not only the tracked ones,
+        so that T and each T_c come out the same whichever concepts a pass tracks."""
+        groups: dict[frozenset[int], list[Tensor]] = {}
+        for basis, members in self._pending:
+            groups.setdefault(members, []).append(basis)
+        for members, cols in groups.items():
+            w = torch.cat(cols, dim=1)  # (d, K)
+            gram = w @ w.T  # (d, d) float32
+            for key, total in self._sums.items():
+                if key is None or key in members:
+                    total += gram  # accumulated in float64
         self._pending.clear()
         self._pending_columns = 0
 

@@ -24,7 +24,8 @@ from .errors import CacheError, CorruptCacheError
 from .fingerprint import canonical_json
 from .layout import ANNOTATIONS, annotation_name
 
-__all__ = ["AnnotationVersion", "AnnotationLog", "RelabelResult", "check_versions", "merge_metas", "relabel"]
+__all__ = ["AnnotationVersion", "AnnotationLog", "RelabelResult", "apply_versions", "check_versions", "merge_metas",
+           "relabel"]
 
 _PUBLISH_ATTEMPTS = 100  # versions that other labellers may publish between our listing and our link
 
@@ -72,6 +73,17 @@ def merge_metas(metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def apply_versions(base: Mapping[str, dict[str, Any]],
+                   versions: Sequence[AnnotationVersion]) -> dict[str, dict[str, Any]]:
+    """Metadata of every document of `base` (key -> version-0 metadata) with `versions` applied in order."""
+    out = dict(base)  # the records' own dicts, as the reader always handed them out: no copy per document
+    for version in versions:
+        for key, meta in version.documents.items():
+            if key in out:
+                out[key] = meta
+    return out
+
+
 class AnnotationLog:
     """The annotation versions of one cache (a folder of put-if-absent JSON records, like `commits/`)."""
 
@@ -99,17 +111,14 @@ class AnnotationLog:
 
     def overlay(self, base: Mapping[str, dict[str, Any]], upto: int | None = None) -> dict[str, dict[str, Any]]:
         """Metadata of every document of `base` (key -> version-0 metadata) as of version `upto` (None: newest)."""
+        return apply_versions(base, self.read_upto(upto))
+
+    def read_upto(self, upto: int | None = None) -> list[AnnotationVersion]:
+        """Every version up to `upto` (None: the newest), oldest first; an `upto` that does not exist is refused."""
         versions = self.versions()
         if upto is not None and upto != 0 and upto not in versions:
             self.read(upto)  # raises, naming the versions that exist
-        out = dict(base)  # the records' own dicts, as the reader always handed them out: no copy per document
-        for version in versions:
-            if upto is not None and version > upto:
-                break
-            for key, meta in self.read(version).documents.items():
-                if key in out:
-                    out[key] = meta
-        return out
+        return [self.read(v) for v in versions if upto is None or v <= upto]
 
     def publish(self, documents: Mapping[str, Mapping[str, Any]], source: str) -> AnnotationVersion:
         """Write the next version atomically and exclusively; a concurrent labeller's version is never overwritten."""

@@ -206,12 +206,13 @@ def _unit_copy(src: StorageBackend, dst: StorageBackend, record: CommitRecord,
 
 
 def _captured(array_name: str, fingerprint: CacheFingerprint) -> bool:
-    """Whether an activation array (or its scale array, `attn_z.scale/layer_3`) is of a hook and layer that
-    `fingerprint` captures."""
+    """Whether an activation array (or a side array of its lossy codes, `attn_z.scale/layer_3`) is of a hook and
+    layer that `fingerprint` captures."""
     from .layout import parse_activation_name
+    from .lossy import side_owner
 
     hook, layer = parse_activation_name(array_name)
-    return hook.removesuffix(".scale") in fingerprint.capture.hooks and layer in fingerprint.capture.layers
+    return side_owner(hook) in fingerprint.capture.hooks and layer in fingerprint.capture.layers
 
 
 def _wanted(rest: str, groups: set[str], kept_groups: set[str], arrays: Mapping[str, Any]) -> bool:
@@ -296,11 +297,11 @@ def _check_chunk(src: StorageBackend, key: str, data: bytes) -> None:
 
 def _publish(dst: StorageBackend, record: CommitRecord) -> None:
     """A unit's commit record, after its objects are durable (False from put_if_absent: another copy was first)."""
-    from .commit_log import CommitLog
-    from .layout import COMMITS, commit_name, segment_path
+    from .commit_journal import publish_commit
+    from .layout import segment_path
 
     dst.sync(f"{segment_path(record.segment)}/")
-    CommitLog(dst, COMMITS).put_if_absent(commit_name(record.unit_id), record.to_dict())
+    publish_commit(dst, record)
 
 
 def _rewrite_unit(reader: CacheReader, writer: CacheWriter, record: CommitRecord, keys: list[str]) -> None:

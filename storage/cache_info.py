@@ -46,6 +46,7 @@ def cache_info(reader: CacheReader) -> dict[str, Any]:
         "cache_fingerprint": fp.digest[:16],  # model + tokenizer + dtype + capture spec: what an append must match
         "dtype": fp.dtype,
         "store_as": fp.capture.store_as,  # exact, or a lossy mode (storage/lossy.py)
+        "outliers": fp.capture.outliers,  # fp8/int8: values per token kept exactly beside the codes
         "hooks": list(fp.capture.hooks),
         "layers": list(fp.capture.layers),
         "widths": dict(fp.widths),

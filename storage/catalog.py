@@ -92,13 +92,13 @@ def describe_cache(backend: StorageBackend, prefix: str, header: dict[str, Any])
         tags = [tag.name for tag in log.tags()]
     except (CacheError, ValueError, KeyError) as error:  # a damaged manifest: say so on this line, list the rest
         return {**entry, "error": str(error)}
-    docs = snapshot.index.docs
+    index = snapshot.index
     sizes = [m.bytes for r in snapshot.records for m in r.arrays.values()]
     return {
         **entry,
         "units": len(snapshot.records),
-        "documents": len(docs),
-        "tokens": sum(loc.record.n_tokens for loc in docs.values()),
+        "documents": index.n_documents,
+        "tokens": index.n_tokens,
         "bytes": None if None in sizes else sum(s for s in sizes if s is not None),  # None: records predate it
         "tags": tags,
         "last_commit": max((r.created for r in snapshot.records), default=None),

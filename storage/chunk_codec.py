@@ -134,6 +134,12 @@ class ChunkDecoder:
                                     f"bytes ({error}): run `actcache verify` on the cache") from None
         return raw.reshape(size, -1)
 
+    def rows(self, chunk_index: int) -> np.ndarray:
+        """Every row of a chunk in a fresh array (for small arrays read beside others: lossy scales, outliers)."""
+        out = np.empty((self.chunk_rows, self.width), self.dtype)
+        self.unshuffle(self.planes(chunk_index), 0, self.chunk_rows, out)
+        return out
+
     def unshuffle_staged(self, planes: np.ndarray, start: int, stop: int) -> np.ndarray:
         """The chunk's rows [start, stop) in a buffer of the calling thread, valid until its next call: for readers
         that move the rows on (a shuffle's scatter, a lossy decode) rather than keep them."""
@@ -146,12 +152,27 @@ class ChunkDecoder:
         """Write the chunk's rows [start, stop) into `out` ([stop - start, width], C-contiguous, stored dtype).
 
         Each value is rebuilt from its bytes with shifts and ors on unsigned words (little endian: plane 0 holds
-        the lowest byte), ~20% faster than byte-strided copies and, like them, without the GIL.
+        the lowest byte), ~20% faster than byte-strided copies and, like them, without the GIL. 4-byte values are
+        built from two 16-bit halves (in a buffer of the calling thread): 7 passes, 3 of them over `out`, cost
+        ~15% less than 7 passes over `out`.
         """
         size = self.dtype.itemsize
-        words = out.reshape(-1).view(np.dtype(f"<u{size}"))
         lo, hi = start * self.width, stop * self.width
+        words = out.reshape(-1).view(np.dtype(f"<u{size}"))
+        if size == 4:
+            halves = _scratch("halves", 4 * (hi - lo)).view("<u2").reshape(2, -1)
+            _combine(halves[0], planes[3, lo:hi], planes[2, lo:hi])
+            _combine(halves[1], planes[1, lo:hi], planes[0, lo:hi])
+            _combine(words, halves[0], halves[1])
+            return
         np.copyto(words, planes[size - 1, lo:hi])
         for byte in range(size - 2, -1, -1):
             words <<= 8
             words |= planes[byte, lo:hi]
+
+
+def _combine(out: np.ndarray, high: np.ndarray, low: np.ndarray) -> None:
+    """out = high << bits(low) | low, elementwise, for unsigned words `out` twice as wide as `high` and `low`."""
+    np.copyto(out, high)
+    out <<= 8 * low.itemsize
+    out |= low

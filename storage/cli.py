@@ -157,8 +157,9 @@ def run_compact(args: argparse.Namespace) -> int:
     before = log.current().unfolded
     state = log.fold()
     pruned = log.prune()
+    markers = log.prune_journal()
     print(f"snapshot {state.sequence}: {len(state.records)} commits ({before} newly folded); removed "
-          f"{len(pruned)} older untagged manifest(s)")
+          f"{len(pruned)} older untagged manifest(s) and {markers} old journal marker(s)")
     return 0
 
 
@@ -173,6 +174,9 @@ def run_gc(args: argparse.Namespace) -> int:
         print(f"{verb} {len(report.temp_files)} temp file(s) of killed writers: {', '.join(report.temp_files)}")
     if report.claims:
         print(f"{verb} {len(report.claims)} expired claim(s) of segments never created: {', '.join(report.claims)}")
+    if report.document_claims:
+        print(f"{verb} {len(report.document_claims)} expired document claim(s) of dead writers: "
+              f"{', '.join(report.document_claims)}")
     for segment, reason in report.kept.items():
         print(f"kept {segment}: {reason}")
     return 0

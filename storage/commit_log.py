@@ -39,9 +39,13 @@ class CommitLog:
 
     def names(self) -> list[str]:
         """Names of every record, sorted (records in sub-folders are not this log's)."""
+        return self.names_with_suffix((".json",))
+
+    def names_with_suffix(self, suffixes: tuple[str, ...]) -> list[str]:
+        """Names of the objects of this folder that end with one of `suffixes`, sorted (one listing)."""
         prefix = f"{self.folder}/"
         return [key[len(prefix):] for key in self.backend.list_prefix(prefix)
-                if key.endswith(".json") and "/" not in key[len(prefix):]]
+                if key.endswith(suffixes) and "/" not in key[len(prefix):]]
 
     def get(self, name: str) -> dict[str, Any]:
         """The record; FileNotFoundError when there is none."""

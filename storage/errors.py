@@ -12,7 +12,9 @@ __all__ = [
     "CorruptCacheError",
     "NonFiniteError",
     "DiskFullError",
+    "WriteDeniedError",
     "as_disk_full",
+    "as_write_denied",
 ]
 
 
@@ -48,6 +50,10 @@ class DiskFullError(CacheError):
     """The store ran out of space; committed work is intact and the build can resume."""
 
 
+class WriteDeniedError(CacheError):
+    """The location is read-only to this process: a command that adds to the cache needs write permission there."""
+
+
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
@@ -57,5 +63,18 @@ def as_disk_full(error: BaseException, where: str) -> DiskFullError | None:
         return DiskFullError(
             f"disk full while writing {where} ({error.strerror}): free space and rerun the same command; "
             "committed documents are intact and the build resumes"
+        )
+    return None
+
+
+_WRITE_DENIED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def as_write_denied(error: BaseException, where: str) -> WriteDeniedError | None:
+    """The WriteDeniedError to raise for an OSError that means "not allowed to write here", else None."""
+    if isinstance(error, OSError) and error.errno in _WRITE_DENIED_ERRNOS:
+        return WriteDeniedError(
+            f"cannot write {where} ({error.strerror}): this command adds to the cache, so it needs write permission "
+            "there; reading commands need none"
         )
     return None

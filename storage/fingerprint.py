@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dtypes import SUPPORTED_DTYPES
-from .store_modes import STORE_MODES
+from .store_modes import OUTLIERS, STORE_MODES
 
 __all__ = ["CaptureSpec", "CacheFingerprint", "canonical_json", "digest"]
 
@@ -25,13 +25,15 @@ def digest(value: Any) -> str:
 @dataclass(frozen=True)
 class CaptureSpec:
     """Which activations are stored, how documents were cut, and how values are stored (`store_as`: exact, or a
-    lossy mode of storage/lossy.py; an append must use the same)."""
+    lossy mode of storage/lossy.py; `outliers`: per token, how many largest-magnitude values an fp8/int8 cache
+    keeps exactly beside the codes, 0 in caches made before; an append must use the same)."""
 
     hooks: tuple[str, ...]
     layers: tuple[int, ...]
     max_length: int
     truncation_side: str = "right"
     store_as: str = "exact"
+    outliers: int = 0
 
     def __post_init__(self) -> None:
         if not self.hooks:
@@ -44,6 +46,9 @@ class CaptureSpec:
             raise ValueError(f"truncation_side must be left or right, not {self.truncation_side!r}")
         if self.store_as not in STORE_MODES:
             raise ValueError(f"store_as must be one of {', '.join(STORE_MODES)}, not {self.store_as!r}")
+        if self.outliers < 0 or (self.outliers and self.store_as not in OUTLIERS):
+            raise ValueError(f"outliers must be 0 for store_as={self.store_as} (or >= 0 for "
+                             f"{', '.join(OUTLIERS)}), not {self.outliers}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -54,6 +59,8 @@ class CaptureSpec:
         }
         if self.store_as != "exact":  # absent means exact: caches made before lossy modes keep their digest
             out["store_as"] = self.store_as
+        if self.outliers:  # absent means none: fp8/int8 caches made before outliers keep their digest
+            out["outliers"] = self.outliers
         return out
 
     @classmethod
@@ -64,6 +71,7 @@ class CaptureSpec:
             max_length=int(data["max_length"]),
             truncation_side=data.get("truncation_side", "right"),
             store_as=data.get("store_as", "exact"),
+            outliers=int(data.get("outliers", 0)),
         )
 
 

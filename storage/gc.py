@@ -1,9 +1,12 @@
-"""Collect the garbage of crashed writers: uncommitted segments whose writer is gone, and stale temp files.
+"""Collect the garbage of crashed writers: uncommitted segments whose writer is gone, their expired claims (on
+segments and on document buckets), and stale temp files.
 
 A writer claims each segment before creating it and renews the claim while it lives (storage/claims.py), so a
 segment is removed only when its claim has expired (or, for a segment with no claim, e.g. one written by an older
 actcache, when it is older than `older_than_s`). Committed data is never touched: the commit record is looked up
-again after the claim, so a unit that was committed while gc ran is kept. The same on a disk and on S3.
+again after the claim, so a unit that was committed while gc ran is kept. Expired claims are removed with the
+claim board's compare-and-swap tombstone (`ClaimBoard.break_expired`), so a claim that a writer renewed or took over
+while gc ran stays. The same on a disk and on S3.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .atomic_dir import TEMP_MARK
 from .backends.backend import ObjectInfo, StorageBackend
 from .backends.backend_url import open_backend
 from .backends.local import LocalBackend
-from .claims import LEASE_SECONDS, ClaimBoard, segment_subject
+from .claims import LEASE_SECONDS, ClaimBoard, document_subject, segment_subject
 from .commit_log import CommitLog
 from .layout import CLAIMS, COMMITS, SEGMENTS, commit_name, segment_path
 from .root import GROUP_METADATA, open_root
@@ -27,6 +30,7 @@ from .snapshots import SnapshotLog
 
 __all__ = ["GarbageReport", "collect_garbage"]
 
+DOCUMENT_CLAIMS = document_subject("")  # 'document/': the prefix of every document bucket's subject
 ZARR_TEMP_SUFFIX = ".partial"  # zarr's LocalStore writes `<key>.<uuid>.partial`, then renames it into place
 
 
@@ -37,6 +41,7 @@ class GarbageReport:
     segments: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)  # paths relative to the cache
     claims: list[str] = field(default_factory=list)  # expired claims on segments that no longer exist
+    document_claims: list[str] = field(default_factory=list)  # expired claims on document buckets
     kept: dict[str, str] = field(default_factory=dict)  # uncommitted segment -> why it was kept
 
 
@@ -45,8 +50,9 @@ def collect_garbage(location: str | os.PathLike[str], older_than_s: float = 3600
     """Remove uncommitted segments whose writer is gone, and temp files older than `temp_age_s`.
 
     A segment whose claim is live is kept (its writer renews it); one whose claim expired is removed at once; one
-    with no claim falls back to its age (`older_than_s` since its last change). A temp file lives for
-    milliseconds, so one older than a lease was left by a killed process.
+    with no claim falls back to its age (`older_than_s` since its last change). Expired claims on segments never
+    created and on document buckets go too (a live writer takes the latter over anyway; gc keeps `claims/` from
+    growing). A temp file lives for milliseconds, so one older than a lease was left by a killed process.
     """
     backend = open_backend(location)
     open_root(backend)  # refuse anything that is not a cache
@@ -68,13 +74,20 @@ def collect_garbage(location: str | os.PathLike[str], older_than_s: float = 3600
         if not dry_run:
             backend.delete_prefix(f"{segment_path(segment_id)}/")
     existing = _segments(backend) if not dry_run else {}
-    for claim in board.claims():  # a writer killed between claiming and creating its segment
+    for claim in board.claims():
+        if not claim.expired(now):
+            continue
         segment_id = claim.subject.removeprefix("segment/")
-        if claim.subject == segment_subject(segment_id) and claim.expired(now) and segment_id not in existing \
-                and segment_id not in report.segments:
-            report.claims.append(claim.subject)
-            if not dry_run:
-                board.break_expired(claim.subject, now)
+        if claim.subject == segment_subject(segment_id):  # a writer killed between claiming and creating its segment
+            if segment_id in existing or segment_id in report.segments:
+                continue
+            found = report.claims
+        elif claim.subject.startswith(DOCUMENT_CLAIMS):  # a builder killed (or stalled) while computing documents
+            found = report.document_claims
+        else:
+            continue
+        if dry_run or board.break_expired(claim.subject, now):  # False: renewed or taken over meanwhile
+            found.append(claim.subject)
     if isinstance(backend, LocalBackend):  # an object store has no half-written objects
         for temp in _stale_temp_files(backend.root, now - temp_age_s):
             report.temp_files.append(str(temp.relative_to(backend.root)))

@@ -16,6 +16,7 @@ __all__ = [
     "ANNOTATIONS",
     "SNAPSHOTS",
     "TAGS",
+    "JOURNAL",
     "TOKEN_IDS",
     "DOC_OFFSETS",
     "TEXT_BYTES",
@@ -39,6 +40,7 @@ CLAIMS = "claims"  # who is writing what, with a lease (storage/claims.py)
 ANNOTATIONS = "annotations"  # label versions beside the activations (storage/annotations.py)
 SNAPSHOTS = "snapshots"  # commit records folded into manifests (storage/snapshots.py)
 TAGS = "tags"  # named snapshots (storage/snapshots.py)
+JOURNAL = "journal"  # a time-ordered marker per commit: readers list only recent ones (storage/commit_journal.py)
 TOKEN_IDS = "token_ids"
 DOC_OFFSETS = "doc_offsets"
 # each document's UTF-8 text (absent from segments built with --no-text): bytes, and CSR offsets into them

@@ -6,23 +6,36 @@
   (the largest e4m3fn value), rounded to nearest even as torch's `x.to(torch.float8_e4m3fn)` does.
 - `int8`: symmetric codes `rint(x / scale)` in [-127, 127], `scale = absmax / 127`: |x - code * scale| <= scale / 2.
 
-Scaled modes keep their scales in a float32 side array `<hook>.scale/layer_<L>` of shape [tokens, 1], chunked like
-the codes. Readers get `codes * scale` in float32. A writer measures, per token row, the relative L2 error and
-the cosine of what readers will get against the exact values it was handed; `summarize` keeps them with each
-commit record and `combine` aggregates them over commits (`actcache info`). Numpy only: storage needs no torch.
+Outliers (fp8 and int8, `capture.outliers` = k > 0): the k largest-magnitude values of each token row are kept
+exactly (float32) beside the codes, with their dimensions, and the scale is the absmax of the rest. Residual
+streams have a few massive dimensions (SmolLM2: |x| up to ~600 against a median of ~2) that would otherwise set
+every token's scale, so that the codes of all other dimensions lose most of their range (measured on SmolLM2,
+README "Lossy storage": last-token CAA cosine 0.9941 -> 0.9991 for fp8 at k = 16, 0.983 -> 0.9999 for int8 at k = 8).
+The dimensions are chosen per token (no per-array state: a row decodes alone, attention-sink tokens get their own)
+and kept in ascending order, so that rows with the same massive dimensions compress to almost nothing.
+
+Scaled modes keep their side arrays beside the codes, chunked like them (`side_names`, in `decode`'s order):
+`<hook>.scale/layer_<L>` float32 [tokens, 1], then with outliers `<hook>.outlier_dims/layer_<L>` (uint16)
+and `<hook>.outlier_values/layer_<L>` (float32), both [tokens, min(k, width)]. Readers get `codes * scale` in
+float32 with row t's `outlier_values[t, j]` put at column `outlier_dims[t, j]`. k = 0 is the layout of caches
+written before outliers (a header without `capture.outliers`): they read as they always did. A writer measures, per
+token row, the relative L2 error and the cosine of what readers will get against the exact values it was handed;
+`summarize` keeps them with each commit record and `combine` aggregates them over commits (`actcache info`).
+Numpy only: storage needs no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .store_modes import STORE_MODES
+from .store_modes import OUTLIERS, STORE_MODES
 
-__all__ = ["STORE_MODES", "check_mode", "is_scaled", "code_dtype", "code_dtype_name", "read_dtype", "scale_name",
-           "row_bytes", "encode", "decode", "row_errors", "summarize", "combine", "DequantizedArray"]
+__all__ = ["STORE_MODES", "OUTLIERS", "check_mode", "is_scaled", "code_dtype", "code_dtype_name", "read_dtype",
+           "side_names", "side_arrays", "side_owner", "sides_of", "SideArray", "row_bytes", "encode",
+           "decode", "row_errors", "summarize", "combine", "DequantizedArray"]
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127
@@ -30,6 +43,8 @@ _SCALED = {"fp8": FP8_MAX, "int8": float(INT8_MAX)}
 _CODES = {"bfloat16": ("uint16", "bfloat16"), "fp8": ("uint8", "float8_e4m3fn"), "int8": ("int8", "int8")}
 FP8_NAN = 0x7F
 SCALE_DTYPE = np.dtype(np.float32)  # one per token row of a scaled mode
+OUTLIER_DTYPE = np.dtype(np.float32)  # the exact outlier values (any compute dtype widens to float32 exactly)
+_SIDES = ("scale", "outlier_dims", "outlier_values")  # side array kinds, in `decode`'s order
 
 
 def _fp8_table() -> np.ndarray:
@@ -75,17 +90,63 @@ def read_dtype(mode: str, compute_dtype: str) -> str:
     return "bfloat16" if mode == "bfloat16" else "float32"
 
 
+def _dims_dtype(width: int) -> np.dtype:
+    """The outlier dimensions' dtype: uint16 up to 65,536 columns (every hidden size in use), else uint32."""
+    return np.dtype(np.uint16 if width <= 1 << 16 else np.uint32)
+
+
 def row_bytes(mode: str, width: int, exact_itemsize: int) -> int:
     """Bytes one token row of `width` values takes before compression: the compute dtype's `exact_itemsize` per
-    value (exact), or the mode's code size, plus the scaled modes' float32 scale (what `plan` sizes a store by)."""
+    value (exact), or the mode's code size, plus the scaled modes' float32 scale and the outliers a build of that
+    mode keeps (`OUTLIERS`: what `plan` sizes a store by)."""
     if check_mode(mode) == "exact":
         return width * exact_itemsize
-    return width * code_dtype(mode).itemsize + (SCALE_DTYPE.itemsize if is_scaled(mode) else 0)
+    if not is_scaled(mode):
+        return width * code_dtype(mode).itemsize
+    kept = min(OUTLIERS[mode], width)
+    return width * code_dtype(mode).itemsize + SCALE_DTYPE.itemsize + kept * (
+        _dims_dtype(width).itemsize + OUTLIER_DTYPE.itemsize)
 
 
-def scale_name(hook: str, layer: int) -> str:
-    """Path of the per-token scale array of (hook, layer) inside a segment (beside `<hook>/layer_<L>`)."""
-    return f"{hook}.scale/layer_{layer}"
+def side_names(hook: str, layer: int, mode: str, outliers: int) -> tuple[str, ...]:
+    """Paths of the side arrays of (hook, layer) inside a segment, in `decode`'s order: none (exact, bfloat16),
+    the scales, then with `outliers` > 0 the outliers' dimensions and values."""
+    kinds = _SIDES if outliers else _SIDES[:1]
+    return tuple(f"{hook}.{kind}/layer_{layer}" for kind in kinds) if is_scaled(mode) else ()
+
+
+def side_owner(group: str) -> str:
+    """The hook whose side arrays a segment's group holds: `attn_z` for `attn_z.scale` (and for `attn_z`)."""
+    hook, _, kind = group.partition(".")
+    return hook if kind in _SIDES else group
+
+
+class SideArray(NamedTuple):
+    """What a writer creates for one side array (chunked like its codes, same codec chain); the codes array names
+    it in its attribute `actcache_<kind>` (`sides_of`)."""
+
+    kind: str  # scale, outlier_dims, outlier_values
+    name: str
+    width: int
+    dtype: np.dtype
+    fill_value: float | int
+    feature_dim: str  # zarr dimension name of the columns (the rows are tokens)
+
+
+def side_arrays(hook: str, layer: int, width: int, mode: str, outliers: int) -> list[SideArray]:
+    """The side arrays of a `width`-column (hook, layer) array (missing chunks never read as fill: readers check)."""
+    names = side_names(hook, layer, mode, outliers)
+    kept = min(outliers, width)
+    specs = [SideArray(_SIDES[0], names[0], 1, SCALE_DTYPE, float("nan"), "scale")] if names else []
+    if len(names) > 1:
+        specs += [SideArray(_SIDES[1], names[1], kept, _dims_dtype(width), 0, "outlier"),
+                  SideArray(_SIDES[2], names[2], kept, OUTLIER_DTYPE, float("nan"), "outlier")]
+    return specs
+
+
+def sides_of(attributes: Mapping[str, Any]) -> list[str]:
+    """The side arrays a codes array names in its attributes (`actcache_scale`, ...), in `decode`'s order."""
+    return [attributes[f"actcache_{kind}"] for kind in _SIDES if f"actcache_{kind}" in attributes]
 
 
 def _round_fp8(y: np.ndarray) -> np.ndarray:
@@ -98,7 +159,8 @@ def _round_fp8(y: np.ndarray) -> np.ndarray:
     bits = magnitude.view(np.uint32)
     rounded = (bits + (0x7FFFF + ((bits >> 20) & 1))) >> 20  # exponent and 3 mantissa bits, rounded
     normal = rounded.astype(np.int64) - ((127 - 7) << 3)
-    subnormal = np.rint(magnitude * np.float32(2 ** 9)).astype(np.int64)
+    with np.errstate(invalid="ignore"):  # NaN casts to garbage here, replaced below
+        subnormal = np.rint(magnitude * np.float32(2 ** 9)).astype(np.int64)
     code = np.where(magnitude < np.float32(2 ** -6), subnormal, np.clip(normal, 0, FP8_NAN - 1)).astype(np.uint8)
     code |= np.signbit(y).astype(np.uint8) << 7
     code[np.isnan(y)] = FP8_NAN
@@ -113,31 +175,56 @@ def _bfloat16_bits(x: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def encode(exact: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """[n, width] float32 -> (codes [n, width], scales [n, 1] float32 or None for bfloat16).
+def _split_outliers(x: np.ndarray, outliers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a copy of `x` with each row's `outliers` largest-magnitude values zeroed, their columns in ascending order
+    [n, k], their values [n, k]); k = min(outliers, width). NaN counts as the largest magnitude."""
+    width = x.shape[1]
+    kept = min(outliers, width)
+    dims = np.argpartition(np.abs(x), width - kept, axis=1)[:, width - kept:]
+    dims.sort(axis=1)
+    values = np.take_along_axis(x, dims, axis=1)
+    rest = x.copy()
+    np.put_along_axis(rest, dims, np.float32(0), axis=1)
+    return rest, dims.astype(_dims_dtype(width)), values
 
-    A row of zeros gets scale 0 (codes 0); a row with NaN/inf gets a non-finite scale, so it decodes non-finite
-    and readers' `check_finite` refuses it, as in an exact cache.
+
+def encode(exact: np.ndarray, mode: str, outliers: int = 0) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """[n, width] float32 -> (codes [n, width], side arrays in `side_names` order): none for bfloat16, the scales
+    [n, 1] float32, then with `outliers` > 0 each row's outlier columns and exact values [n, min(outliers, width)].
+
+    An outlier's code is 0 and the scale is the absmax of the row's other values. A row of zeros gets scale 0
+    (codes 0); a row with NaN/inf decodes non-finite (a non-finite scale, or the value kept as an outlier), so
+    readers' `check_finite` refuses it, as in an exact cache.
     """
     x = np.ascontiguousarray(exact, dtype=np.float32)
     if mode == "bfloat16":
-        return _bfloat16_bits(x), None
+        return _bfloat16_bits(x), ()
+    kept: tuple[np.ndarray, ...] = ()
+    if outliers:
+        x, dims, values = _split_outliers(x, outliers)
+        kept = (dims, values)
     top = _SCALED[mode]
     with np.errstate(invalid="ignore"):
         scales = (np.max(np.abs(x), axis=1, keepdims=True) / np.float32(top)).astype(np.float32)  # [n, 1]
         y = x / np.where(scales == 0, np.float32(1), scales)
     if mode == "fp8":
-        return _round_fp8(y), scales
-    return np.clip(np.rint(np.nan_to_num(y)), -INT8_MAX, INT8_MAX).astype(np.int8), scales
+        return _round_fp8(y), (scales, *kept)
+    return np.clip(np.rint(np.nan_to_num(y)), -INT8_MAX, INT8_MAX).astype(np.int8), (scales, *kept)
 
 
-def decode(codes: np.ndarray, scales: np.ndarray | None, mode: str) -> np.ndarray:
-    """Stored codes (and scales) -> float32 values, what every reader returns."""
+def decode(codes: np.ndarray, sides: Sequence[np.ndarray], mode: str) -> np.ndarray:
+    """Stored codes and their side arrays (`encode`'s, in `side_names` order) -> float32 values, what every reader
+    returns: `code * scale`, each outlier value put back at its column."""
     if mode == "bfloat16":
         return (codes.astype(np.uint32) << 16).view(np.float32)
-    assert scales is not None, f"{mode} codes need their scales"
+    assert sides, f"{mode} codes need their scales"
+    scales, *outliers = sides
     values = _FP8_VALUES[codes] if mode == "fp8" else codes.astype(np.float32)
-    return values * scales.astype(np.float32, copy=False)
+    values = values * scales.astype(np.float32, copy=False)
+    if outliers:
+        dims, exact = outliers
+        np.put_along_axis(values, dims.astype(np.intp), exact, axis=1)
+    return values
 
 
 def row_errors(exact: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,14 +269,14 @@ def combine(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class DequantizedArray:
-    """A scaled array's codes and scales read together as float32 rows: `array[a:b]`, `.shape`, `.chunks`,
+    """A scaled array's codes and side arrays read together as float32 rows: `array[a:b]`, `.shape`, `.chunks`,
     `.dtype`, the part of zarr's array interface that readers use."""
 
-    def __init__(self, codes: Any, scales: Any, mode: str) -> None:
-        self.codes, self.scales, self.mode = codes, scales, mode
+    def __init__(self, codes: Any, sides: Sequence[Any], mode: str) -> None:
+        self.codes, self.sides, self.mode = codes, tuple(sides), mode
         self.shape: tuple[int, ...] = tuple(codes.shape)
         self.chunks: tuple[int, ...] = tuple(codes.chunks)
         self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return decode(np.asarray(self.codes[rows]), np.asarray(self.scales[rows]), self.mode)
+        return decode(np.asarray(self.codes[rows]), [np.asarray(side[rows]) for side in self.sides], self.mode)

@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import zarr
 
-from .annotations import AnnotationLog
+from .annotations import AnnotationLog, apply_versions
 from .backends.backend_url import open_backend
 from .cache_ref import CacheRef
 from .dtypes import to_torch, widen_to_float32
 from .errors import CacheError, CorruptCacheError, NonFiniteError
+from .gc_pause import gc_paused
 from .hook_points import array_dtype, is_integer_hook
 from .index import CommitRecord, DocLocation
 from .layout import TOKEN_IDS, activation_name, parse_activation_name, segment_path
-from .lossy import DequantizedArray, is_scaled, read_dtype, scale_name
+from .lossy import DequantizedArray, is_scaled, read_dtype, side_names
 from .root import open_root, stored_row_chunks
 from .segment_stream import stream_segment
 from .snapshots import SnapshotLog
@@ -76,9 +77,9 @@ class CacheReader:
             raise CacheError(f"tag {tag!r} pins annotation version {self.snapshot.annotation_version}: leave out "
                              f"annotations={annotations} (or open the cache without the tag)")
         self._index = self.snapshot.index
-        upto = self.snapshot.annotation_version if tag is not None else annotations
-        self._metas = AnnotationLog(self.backend).overlay(
-            {key: loc.record.meta for key, loc in self._index.docs.items()}, upto)  # key -> current labels
+        # label versions read now (a relabel after opening is not seen before `refresh()`), applied when first needed
+        self._label_versions = AnnotationLog(self.backend).read_upto(
+            self.snapshot.annotation_version if tag is not None else annotations)
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._missing: dict[tuple[str, str], frozenset[int]] = {}  # (segment, array) -> chunks the store lacks
 
@@ -129,12 +130,23 @@ class CacheReader:
         return int(attrs["n_heads"]), int(attrs["head_dim"])
 
     @cached_property
+    @gc_paused
+    def _metas(self) -> dict[str, dict[str, Any]]:
+        """key -> labels as of the reader's annotation version (built on first use: opening decodes no document's
+        labels)."""
+        metas, rows = self._index.columns.metas, self._index.rows.tolist()
+        return apply_versions(dict(zip(self._index.keys(), (metas[r] for r in rows), strict=True)),
+                              self._label_versions)
+
+    @cached_property
+    @gc_paused
     def _documents(self) -> list[Document]:
-        return [
-            Document(loc.record.key, self._metas[loc.record.key], loc.record.n_tokens,
-                     loc.record.original_tokens or loc.record.n_tokens)
-            for loc in self._index.docs.values()
-        ]
+        columns, rows, metas = self._index.columns, self._index.rows, self._metas
+        n_tokens = columns.n_tokens[rows]
+        original = columns.original_tokens[rows]
+        original = np.where(original > 0, original, n_tokens)  # as `original_tokens or n_tokens` did
+        return list(map(Document, self._index.keys(), map(metas.__getitem__, self._index.keys()), n_tokens.tolist(),
+                        original.tolist()))
 
     def documents(self) -> list[Document]:
         """Every committed document, in commit order."""
@@ -157,11 +169,11 @@ class CacheReader:
 
     @property
     def n_documents(self) -> int:
-        return len(self._index.docs)
+        return self._index.n_documents
 
     @property
     def n_tokens(self) -> int:
-        return sum(loc.record.n_tokens for loc in self._index.docs.values())
+        return self._index.n_tokens
 
     # -- values -----------------------------------------------------------------------------------------------
     def token_ids(self, key: str) -> np.ndarray:
@@ -293,7 +305,8 @@ class CacheReader:
         settings = LoaderSettings(hooks, layers, batch_size, shuffle, seed, rank, world_size, buffer_tokens,
                                   parse_positions(positions), epochs, dtype)
         return TokenDataset(self.backend, own, dict(self.fingerprint.widths), self._index.records,
-                            self.documents(), settings, where, threads, store_as=self.store_as)
+                            self.documents(), settings, where, threads, store_as=self.store_as,
+                            outliers=self.fingerprint.capture.outliers)
 
     def _segment_rows(self, segment: str, name: str, start: int, stop: int) -> np.ndarray:
         """Stored rows [start, stop) of one committed segment's array (for views that span segments)."""
@@ -338,9 +351,9 @@ class CacheReader:
 
     def _require_chunks(self, segment: str, name: str, start: int, stop: int) -> None:
         """CorruptCacheError naming the documents, when any chunk under rows [start, stop) is missing (of a scaled
-        lossy array: of its codes or its scales)."""
-        if self._scaled(name):
-            self._require_chunks(segment, scale_name(*parse_activation_name(name)), start, stop)
+        lossy array: of its codes or its side arrays)."""
+        for side in self._sides(name):
+            self._require_chunks(segment, side, start, stop)
         missing = self._missing_chunks(segment, name)
         if not missing:
             return
@@ -391,22 +404,27 @@ class CacheReader:
             raise KeyError(f"document {key!r} is not committed in {self.path}") from None
 
     def _array(self, segment: str, name: str) -> zarr.Array:
-        """The array `name` of a segment; a scaled lossy activation array reads as float32 (codes times scales)."""
+        """The array `name` of a segment; a scaled lossy activation array reads as float32 (its codes decoded with
+        their scales and outliers)."""
         cached = self._arrays.get((segment, name))
         if cached is None:
             cached = zarr.open_array(self._group.store, path=f"{segment_path(segment)}/{name}", mode="r")
-            if self._scaled(name):
-                scales = self._array(segment, scale_name(*parse_activation_name(name)))
-                cached = DequantizedArray(cached, scales, self.store_as)  # type: ignore[assignment]
+            sides = self._sides(name)
+            if sides:
+                cached = DequantizedArray(cached, [self._array(segment, side) for side in sides],  # type: ignore[assignment]
+                                          self.store_as)
             self._arrays[(segment, name)] = cached
         return cached
 
-    def _scaled(self, name: str) -> bool:
-        """Whether array `name` holds scaled lossy codes (integer ids and scale arrays are stored exactly)."""
+    def _sides(self, name: str) -> tuple[str, ...]:
+        """The side arrays of array `name` when it holds scaled lossy codes (storage/lossy.py); none for exact and
+        bfloat16 caches, integer ids and the side arrays themselves (all stored exactly)."""
         if not is_scaled(self.store_as) or "/layer_" not in name:
-            return False
-        hook = parse_activation_name(name)[0]
-        return hook in self.hooks and not is_integer_hook(hook)
+            return ()
+        hook, layer = parse_activation_name(name)
+        if hook not in self.hooks or is_integer_hook(hook):
+            return ()
+        return side_names(hook, layer, self.store_as, self.fingerprint.capture.outliers)
 
     def _read_dtype(self, hook: str) -> str:
         """The dtype a hook's rows are read in before widening: the cache's, or a lossy mode's (storage/lossy.py)."""

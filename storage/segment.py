@@ -19,7 +19,7 @@ from .dtypes import to_storage, widen_to_float32
 from .errors import as_disk_full
 from .hook_points import array_dtype
 from .layout import parse_activation_name, segment_path
-from .lossy import decode, encode, row_errors, summarize
+from .lossy import decode, encode, row_errors, sides_of, summarize
 from .records import ArrayManifest
 from .root import child_array
 
@@ -73,12 +73,13 @@ class SegmentWriter:
         self.dtype = dtype
         self._streams = {name: _ArrayStream(child_array(group, name), backend, f"{folder}/{name}",
                                             array_dtype(parse_activation_name(name)[0], dtype)) for name in names}
-        self._scales: dict[str, _ArrayStream] = {}  # array name -> its per-token scales (scaled lossy modes)
+        self._sides: dict[str, list[_ArrayStream]] = {}  # array name -> its scales and outliers (fp8, int8)
         for name in names:
-            scales = self._streams[name].array.attrs.get("actcache_scale")
-            if isinstance(scales, str):
-                self._scales[name] = self._streams[scales] = _ArrayStream(child_array(group, scales), backend,
-                                                                          f"{folder}/{scales}", "float32")
+            self._sides[name] = []
+            for side in sides_of(self._streams[name].array.attrs):
+                array = child_array(group, side)
+                self._streams[side] = _ArrayStream(array, backend, f"{folder}/{side}", str(array.dtype))
+                self._sides[name].append(self._streams[side])
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"seg-{segment_id[:8]}")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._futures: list[Future[Any]] = []
@@ -95,11 +96,13 @@ class SegmentWriter:
             raise ValueError(f"{name}: more rows than the segment's {stream.array.shape[0]} tokens")
         if stream.mode != "exact":  # encode, and measure what readers will get against the exact rows in hand
             exact = widen_to_float32(block, stream.dtype)
-            block, scales = encode(exact, stream.mode)
-            stream.errors.append(row_errors(exact, decode(block, scales, stream.mode)))
+            sides = self._sides[name]
+            outliers = int(sides[1].array.shape[1]) if len(sides) > 1 else 0  # the outlier arrays' width
+            block, values = encode(exact, stream.mode, outliers)
+            stream.errors.append(row_errors(exact, decode(block, values, stream.mode)))
             stream.non_finite += int((~np.isfinite(exact).all(axis=1)).sum())
-            if scales is not None:
-                self._queue(self._scales[name], scales)
+            for side, rows_of_side in zip(sides, values, strict=True):
+                self._queue(side, rows_of_side)
         self._queue(stream, block)
 
     def _queue(self, stream: _ArrayStream, block: np.ndarray) -> None:

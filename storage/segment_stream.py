@@ -5,7 +5,7 @@ zarr's generic read path costs several times the decoding itself (event loop, bu
 chunk_codec.py), so this stream decodes each chunk that wanted documents overlap once with `ChunkDecoder`, on a few
 threads, a bounded number of chunks ahead of the document being yielded, straight into those documents' rows (no
 copy through a block; 1.25x the CPU efficiency of decoding whole chunks first, measured). It yields
-what `array[start:stop]` would (the stored dtype; float32 codes times scales for fp8/int8) for each document;
+what `array[start:stop]` would (the stored dtype; fp8/int8 codes decoded to float32) for each document;
 its tests compare with zarr's own reads, bit for bit.
 """
 
@@ -83,13 +83,13 @@ def stream_segment(backend: StorageBackend, array: Any, locs: Sequence[DocLocati
 
 
 class _SegmentChunks:
-    """The decoders of one array's chunks (codes and scales for a scaled lossy array)."""
+    """The decoders of one array's chunks (codes and side arrays for a scaled lossy array)."""
 
     def __init__(self, backend: StorageBackend, array: Any) -> None:
         scaled = isinstance(array, DequantizedArray)
         codes = array.codes if scaled else array
         self.codes = ChunkDecoder(codes, backend, codes.path)
-        self.scales = ChunkDecoder(array.scales, backend, array.scales.path) if scaled else None
+        self.sides = [ChunkDecoder(side, backend, side.path) for side in array.sides] if scaled else []
         self.mode = array.mode if scaled else "exact"
         self.rows = self.codes.chunk_rows
         self.dtype = np.dtype(array.dtype)  # what `array[a:b]` gives
@@ -97,13 +97,10 @@ class _SegmentChunks:
 
     def decode_into(self, index: int, targets: list[tuple[int, int, np.ndarray]]) -> None:
         """Decode chunk `index` once and write its rows [a, b) into each target `out` (a pool task)."""
-        scales = None
-        if self.scales is not None:  # before the codes: planes() reuses one buffer per thread
-            scales = np.empty((self.rows, 1), self.scales.dtype)
-            self.scales.unshuffle(self.scales.planes(index), 0, self.rows, scales)
+        sides = [side.rows(index) for side in self.sides]  # before the codes: planes() reuses one buffer per thread
         planes = self.codes.planes(index)
         for a, b, out in targets:
-            if scales is None:
+            if not sides:
                 self.codes.unshuffle(planes, a, b, out)
             else:
-                out[:] = decode(self.codes.unshuffle_staged(planes, a, b), scales[a:b], self.mode)
+                out[:] = decode(self.codes.unshuffle_staged(planes, a, b), [side[a:b] for side in sides], self.mode)

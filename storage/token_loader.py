@@ -3,21 +3,26 @@
 The order is pure arithmetic on a pinned list of committed units (token_plan.py): it depends on the seed, the
 epoch, the rank split and the batch and buffer sizes, never on how many threads or DataLoader workers read.
 Decoding runs on a thread pool (object reads, zstd and the byte unshuffle all release the GIL), one window ahead of
-the batches being served; memory stays near three windows (`buffer_tokens` rows each: served, decoding, and
-one retired for reuse) whatever the cache size, and the dataset keeps the retired ones for its next iteration.
-DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see __iter__).
-Workers cost about twice the CPU per byte of threads in one process: each window is fresh shared memory (the
-main process may keep any batch, so none can be reused) and the kernel zeroes every page before decoding fills
-it; threads reuse their windows. `DataLoader(ds, batch_size=None)` without workers is the fast path.
+the batches being served; memory stays near three windows (`buffer_tokens` rows each: served, decoding, and the
+previous one, which the caller's last batch still views) whatever the cache size. Window memory is reused, by the
+next window and by the dataset's next iteration (epoch): the kernel zeroes a fresh page in about the time decoding
+fills it. A window that a batch the caller still holds views is never reused (it costs a fresh one instead).
+DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see __iter__). A
+worker decodes into shared memory that the main process maps without a copy, and reuses a window's buffer once the
+main process has let go of every batch (and view of one) from it (`_Handout`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +35,7 @@ from .dtypes import storage_dtype, to_torch, widen_to_float32
 from .errors import CacheError, CorruptCacheError
 from .index import CommitRecord
 from .layout import parse_activation_name, segment_path
-from .lossy import decode, is_scaled, scale_name
+from .lossy import decode, side_names
 from .pooled import select_documents
 from .token_plan import LoaderSettings, LoaderSettingsError, Piece, TokenPlan
 
@@ -43,7 +48,11 @@ __all__ = ["TokenDataset", "STATE_VERSION"]
 
 STATE_VERSION = 1
 MAX_DEFAULT_THREADS = 8
-SPARE_WINDOWS = 2  # retired window buffers kept for reuse, by this and later iterations (_WindowReader._buffers)
+# retired window buffers kept for reuse, by this and later iterations (_WindowReader._buffers): three, as a read
+# rotates three (served, decoding, and the previous one, which the caller's last batch still views); with two, every
+# new iteration (epoch) found only the pinned one and faulted in a fresh window
+SPARE_WINDOWS = 3
+SPARE_BATCHES = 8  # ... or as many batches' worth, if more: a worker's one-batch windows wait in the DataLoader's queue
 Batch = dict[str, torch.Tensor]
 
 
@@ -56,13 +65,15 @@ class TokenDataset(IterableDataset[Batch]):
 
     def __init__(self, backend: StorageBackend, cache_dtype: str, widths: dict[str, int],
                  records: Sequence[CommitRecord], documents: Sequence[Document], settings: LoaderSettings,
-                 where: Where | None = None, threads: int | None = None, *, store_as: str = "exact") -> None:
+                 where: Where | None = None, threads: int | None = None, *, store_as: str = "exact",
+                 outliers: int = 0) -> None:
         super().__init__()
         self.backend = backend  # the cache's store: chunks are read through it (a disk or s3://)
         self.settings = settings
         self.threads = threads
         self._cache_dtype = cache_dtype  # the dtype rows are held in: the stored one, float32 for scaled codes
-        self.store_as = store_as  # fp8/int8: chunks hold codes, decoded with their scales (storage/lossy.py)
+        self.store_as = store_as  # fp8/int8: chunks hold codes, decoded with their side arrays (storage/lossy.py)
+        self.outliers = outliers  # fp8/int8: the cache's `capture.outliers`, which names those side arrays
         self._widths = {key: widths[name.split("/")[0]] for key, name in settings.streams}
         self._records = list(records)  # every committed unit of the reader: a state may pin a subset
         self._documents = {d.key: d for d in documents}
@@ -75,10 +86,11 @@ class TokenDataset(IterableDataset[Batch]):
         self._step = 0  # the next batch of this reader's stream (counted over all epochs)
         self._stride = 1  # how many readers share the stream (DataLoader workers) when `_step` was recorded
         self._spare: list[_Buffers] = []  # retired windows' buffers: the next window and the next epoch reuse them
+        self._decoders: dict[str, ChunkDecoder] = {}  # by array key: opening an array costs more than a chunk
 
     def __getstate__(self) -> dict[str, Any]:
-        """A pickled copy (a DataLoader worker started by spawn) leaves the spare buffers behind."""
-        return {**self.__dict__, "_spare": []}
+        """A pickled copy (a DataLoader worker started by spawn) leaves the spare buffers and the decoders behind."""
+        return {**self.__dict__, "_spare": [], "_decoders": {}}
 
     def _plan(self, records: Sequence[CommitRecord]) -> TokenPlan:
         """Documents of `records` in `documents()` order (a key committed twice counts once), then the selection."""
@@ -188,11 +200,71 @@ class TokenDataset(IterableDataset[Batch]):
 
 @dataclass(frozen=True)
 class _Buffers:
-    """A window's memory: one array per stream, then token_index; `tensors`: the same memory as torch shared
-    memory (DataLoader workers only)."""
+    """A window's memory: one array per stream, then token_index; `shared` (DataLoader workers only): the same
+    memory as torch shared memory, and which of its batches the main process may still hold."""
 
     arrays: list[np.ndarray]
-    tensors: list[torch.Tensor] | None
+    shared: _Handout | None = None
+
+
+class _Handout:
+    """A DataLoader worker's window in shared memory, and which of its batches the main process may still hold.
+
+    The worker records a generation number for each batch it hands out; the main process writes that number into
+    `released` (shared memory) once the batch and every view of it are gone (`_receive_batch`). The worker reuses
+    the buffer only when every batch it handed out is released, so a batch the caller keeps is never overwritten:
+    it costs a fresh buffer instead (whose pages the kernel must zero: about as much time as decoding into them).
+    """
+
+    def __init__(self, tensors: list[torch.Tensor], released: torch.Tensor) -> None:
+        self.tensors = tensors  # the window's arrays (then token_index) in shared memory
+        self.released = released.fill_(-1)  # [batch slots] in the same shared memory
+        self.issued: dict[int, int] = {}  # batch slot -> generation handed out
+        self._generations = itertools.count()
+
+    def issue(self, slot: int) -> tuple[torch.Tensor, int, int]:
+        generation = next(self._generations)
+        self.issued[slot] = generation
+        return self.released, slot, generation
+
+    def all_released(self) -> bool:
+        released = self.released.numpy()
+        return all(int(released[slot]) == generation for slot, generation in self.issued.items())
+
+
+class _HandedOut(dict):  # type: ignore[type-arg]
+    """A worker's batch: the DataLoader's pickler (ForkingPickler) sends it as tensors that tell the worker when
+    the main process has let go of them (`_receive_batch`)."""
+
+    handout: tuple[torch.Tensor, int, int]
+
+
+def _send_batch(batch: _HandedOut) -> tuple[Callable[..., Batch], tuple[Any, ...]]:
+    return _receive_batch, (dict(batch), *batch.handout)
+
+
+ForkingPickler.register(_HandedOut, _send_batch)
+
+
+def _receive_batch(tensors: Batch, released: torch.Tensor, slot: int, generation: int) -> Batch:
+    """(main process) A worker's batch, as tensors over the worker's shared memory that write `generation` into
+    `released[slot]` once the last view of any of them is gone (tensors from `torch.from_numpy` keep their
+    array, the one watched, alive; every view of them shares it)."""
+    flags, pending, lock = released.numpy(), [len(tensors)], threading.Lock()
+
+    def release() -> None:
+        with lock:
+            pending[0] -= 1
+            if pending[0] == 0:
+                flags[slot] = generation
+
+    batch = {}
+    for key, tensor in tensors.items():
+        bf16 = tensor.dtype == torch.bfloat16
+        array = (tensor.view(torch.int16) if bf16 else tensor).numpy()
+        weakref.finalize(array, release).atexit = False
+        batch[key] = torch.from_numpy(array).view(torch.bfloat16) if bf16 else torch.from_numpy(array)
+    return batch
 
 
 class _Window:
@@ -225,14 +297,16 @@ class _Window:
         self._pending = []
         size = self.owner.settings.batch_size
         lo, hi = local_slot * size, min((local_slot + 1) * size, len(self.tokens))
-        if self.buffers.tensors is None:
+        shared = self.buffers.shared
+        if shared is None:
             return self.owner.batch_tensors({key: values[lo:hi] for key, values in self.rows.items()},
                                             self.tokens[lo:hi])
-        *rows, tokens = self.buffers.tensors
+        *rows, tokens = shared.tensors
         widen = self.owner.settings.dtype == "float32"
-        batch = {key: t[lo:hi].float() if widen else t[lo:hi] for (key, _), t in zip(self.owner.settings.streams,
-                                                                                       rows, strict=False)}
+        batch = _HandedOut({key: t[lo:hi].float() if widen else t[lo:hi]
+                            for (key, _), t in zip(self.owner.settings.streams, rows, strict=False)})
         batch["token_index"] = tokens[lo:hi]
+        batch.handout = shared.issue(local_slot)
         return batch
 
     def cancel(self) -> None:
@@ -248,8 +322,6 @@ class _WindowReader:
         self.slots = slots
         self.shared = shared
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="actcache-tokens")
-        self.store = owner.backend.zarr_store()
-        self.decoders: dict[tuple[int, str], ChunkDecoder] = {}
         self.windows: dict[tuple[int, int], _Window] = {}
         self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -264,8 +336,8 @@ class _WindowReader:
 
     def _retire(self, window: _Window) -> None:
         window.cancel()
-        if window.buffers.tensors is None:
-            self.owner._spare[:] = [window.buffers, *self.owner._spare][:SPARE_WINDOWS]
+        kept = max(SPARE_WINDOWS, -(-SPARE_BATCHES // self.slots))
+        self.owner._spare[:] = [window.buffers, *self.owner._spare][:kept]
 
     def _buffers(self) -> _Buffers:
         """Buffers for a window: a retired window's once no batch views them any more, else fresh ones.
@@ -273,22 +345,26 @@ class _WindowReader:
         Fresh pages cost the kernel about as much time to zero as decoding takes to fill them (measured: 0.7-2.8
         ms per MB here, the higher figure when it compacts memory for huge pages), so buffers are reused, across
         iterations too (the dataset keeps them); one that a batch the caller still holds views (its refcount says
-        so) is left alone. A DataLoader worker's buffers are torch shared memory, never reused: the main process
-        holds their views.
+        so) is left alone. A DataLoader worker's buffers are torch shared memory, reused once the main process has
+        released every batch handed out from them (`_Handout`).
         """
         rows = self.slots * self.owner.settings.batch_size
         for i, spare in enumerate(self.owner._spare):
             # references: the list, `b` and getrefcount's argument; none from a batch the caller still holds
-            if len(spare.arrays[-1]) == rows and all(sys.getrefcount(b) <= 3 for b in spare.arrays):
+            if len(spare.arrays[-1]) == rows and all(sys.getrefcount(b) <= 3 for b in spare.arrays) and (
+                    spare.shared is None or spare.shared.all_released()):
+                if spare.shared is not None:
+                    spare.shared.issued.clear()
                 return self.owner._spare.pop(i)
         shapes = [(rows, self.owner._widths[key]) for key, _ in self.owner.settings.streams]
         stored = storage_dtype(self.owner._cache_dtype)
         if not self.shared:
-            return _Buffers([np.empty(shape, stored) for shape in shapes] + [np.empty(rows, np.int64)], None)
+            return _Buffers([np.empty(shape, stored) for shape in shapes] + [np.empty(rows, np.int64)])
         dtype = to_torch(np.empty(0, stored), self.owner._cache_dtype).dtype
-        tensors = [_shared_empty(shape, dtype) for shape in shapes] + [_shared_empty((rows,), torch.int64)]
+        *tensors, released = _shared_tensors([(shape, dtype) for shape in shapes]
+                                             + [((rows,), torch.int64), ((self.slots,), torch.int64)])
         arrays = [(t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().view(stored) for t in tensors[:-1]]
-        return _Buffers([*arrays, tensors[-1].numpy()], tensors)
+        return _Buffers([*arrays, tensors[-1].numpy()], _Handout(tensors, released))
 
     def prefetch(self, epoch: int, window: int) -> None:
         if (epoch, window) in self.windows:
@@ -303,19 +379,22 @@ class _WindowReader:
         self.windows[(epoch, window)] = _Window(self.owner, epoch, window, self.slots, self._buffers(), order,
                                                 self._fill, self.pool)
 
-    def _decoders_of(self, segment: int) -> dict[str, tuple[ChunkDecoder, ChunkDecoder | None]]:
-        """Per stream: the decoder of its chunks, and of its per-token scales (scaled lossy modes only)."""
-        scaled = is_scaled(self.owner.store_as)
+    def _decoders_of(self, segment: int) -> dict[str, tuple[ChunkDecoder, list[ChunkDecoder]]]:
+        """Per stream: the decoder of its chunks, and of its side arrays (scales and outliers of fp8/int8 codes)."""
+        owner = self.owner
         return {key: (self._decoder(segment, name),
-                      self._decoder(segment, scale_name(*parse_activation_name(name))) if scaled else None)
-                for key, name in self.owner.settings.streams}
+                      [self._decoder(segment, side) for side in
+                       side_names(*parse_activation_name(name), owner.store_as, owner.outliers)])
+                for key, name in owner.settings.streams}
 
     def _decoder(self, segment: int, name: str) -> ChunkDecoder:
-        decoder = self.decoders.get((segment, name))
+        """One array's decoder, kept by the dataset: zarr opens an array in more time than a few of its chunks
+        decode in (~7% of an epoch of the loader benchmark when every iteration opened its arrays again)."""
+        key = f"{segment_path(self.owner.plan.records[segment].segment)}/{name}"
+        decoder = self.owner._decoders.get(key)
         if decoder is None:
-            key = f"{segment_path(self.owner.plan.records[segment].segment)}/{name}"
-            array = zarr.open_array(self.store, path=key, mode="r")
-            decoder = self.decoders[(segment, name)] = ChunkDecoder(array, self.owner.backend, key)
+            array = zarr.open_array(self.owner.backend.zarr_store(), path=key, mode="r")
+            decoder = self.owner._decoders[key] = ChunkDecoder(array, self.owner.backend, key)
         return decoder
 
     def _fill(self, window: _Window, piece: Piece) -> None:
@@ -328,36 +407,29 @@ class _WindowReader:
         for start, stop, token, dest in zip(starts, stops, tokens, dests, strict=False):
             where = slice(dest, dest + stop - start) if place is None else place[dest:dest + stop - start]
             window.tokens[where] = np.arange(token, token + stop - start)
-        for key, (decoder, scaler) in self._decoders_of(segment).items():
+        spans: dict[int, list[_ChunkSpan]] = {}  # by chunk height: arrays of one height share the arithmetic
+        for key, (decoder, side_decoders) in self._decoders_of(segment).items():
             rows, out = decoder.chunk_rows, window.rows[key]
-            for chunk in range(int(starts[0]) // rows, (int(stops[-1]) - 1) // rows + 1):
-                c0, c1 = chunk * rows, (chunk + 1) * rows
-                hit = np.flatnonzero((starts < c1) & (stops > c0))
-                if not len(hit):
-                    continue
-                lo, hi = np.maximum(starts[hit], c0) - c0, np.minimum(stops[hit], c1) - c0  # chunk rows of each run
-                first, span = int(lo[0]), int(hi[-1] - lo[0])  # the runs lie in chunk rows [first, first + span)
-                at, n = int(dests[hit[0]] + c0 + lo[0] - starts[hit[0]]), int((hi - lo).sum())  # consecutive in S
+            if rows not in spans:
+                spans[rows] = _chunk_spans(starts, stops, dests, rows)
+            for chunk, first, span, at, n, lo, hi in spans[rows]:
                 try:
-                    scales = None
-                    if scaler is not None:  # before the codes: planes() reuses one buffer per thread
-                        scales = np.empty((rows, 1), np.float32)
-                        scaler.unshuffle(scaler.planes(chunk), 0, rows, scales)
+                    sides = [side.rows(chunk) for side in side_decoders]  # first: planes() reuses a buffer
                     planes = decoder.planes(chunk)
                 except CorruptCacheError as error:
-                    raise CorruptCacheError(f"{error} (documents {_documents_at(plan.records[segment], c0, c1)})") \
-                        from None
-                if place is None and scales is None and n == span:  # straight into the window
+                    documents = _documents_at(plan.records[segment], chunk * rows, (chunk + 1) * rows)
+                    raise CorruptCacheError(f"{error} (documents {documents})") from None
+                if place is None and not sides and n == span:  # straight into the window
                     decoder.unshuffle(planes, first, first + span, out[at:at + n])
                     continue
-                # decode the runs' span once, keep their rows (codes times scales), put them in their places
+                # decode the runs' span once, keep their rows (lossy codes decoded), put them in their places
                 values = decoder.unshuffle_staged(planes, first, first + span)
                 kept = np.arange(first, first + span) if n == span else np.concatenate(
                     [np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
                 if n != span:
                     values = values[kept - first]
-                if scales is not None:
-                    values = decode(values, scales[kept], self.owner.store_as)
+                if sides:
+                    values = decode(values, [side[kept] for side in sides], self.owner.store_as)
                 out[slice(at, at + n) if place is None else place[at:at + n]] = values
 
     def close(self) -> None:
@@ -367,11 +439,36 @@ class _WindowReader:
         self.windows.clear()
 
 
-def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor allocated in shared memory (`share_memory_()` would allocate twice and copy)."""
-    nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-    strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))  # C order
-    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape, strides)
+_ChunkSpan = tuple[int, int, int, int, int, np.ndarray, np.ndarray]
+
+
+def _chunk_spans(starts: np.ndarray, stops: np.ndarray, dests: np.ndarray, rows: int) -> list[_ChunkSpan]:
+    """For each chunk of `rows` rows under the segment-row runs [starts, stops): (chunk, first, span, at, n, lo, hi):
+    the runs lie in its rows [first, first + span), `n` of them kept, bound for the window rows [at, at + n)
+    (consecutive in S); `lo`, `hi`: the chunk rows of each run."""
+    out = []
+    for chunk in range(int(starts[0]) // rows, (int(stops[-1]) - 1) // rows + 1):
+        c0, c1 = chunk * rows, (chunk + 1) * rows
+        hit = np.flatnonzero((starts < c1) & (stops > c0))
+        if len(hit):
+            lo, hi = np.maximum(starts[hit], c0) - c0, np.minimum(stops[hit], c1) - c0
+            out.append((chunk, int(lo[0]), int(hi[-1] - lo[0]), int(dests[hit[0]] + c0 + lo[0] - starts[hit[0]]),
+                        int((hi - lo).sum()), lo, hi))
+    return out
+
+
+def _shared_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    """Uninitialised tensors (C order) in one shared-memory allocation: a batch sent to the main process then
+    carries one file descriptor, not one per tensor (torch passes each through a connection to the worker)."""
+    itemsizes = [torch.empty(0, dtype=dtype).element_size() for _, dtype in specs]
+    sizes = [int(np.prod(shape)) * itemsize for (shape, _), itemsize in zip(specs, itemsizes, strict=True)]
+    starts = np.concatenate([[0], np.cumsum([-(-n // 64) * 64 for n in sizes])]).tolist()  # 64-byte aligned
+    storage = torch.UntypedStorage._new_shared(starts[-1])
+    tensors = []
+    for (shape, dtype), itemsize, start in zip(specs, itemsizes, starts, strict=False):
+        strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))  # C order
+        tensors.append(torch.empty(0, dtype=dtype).set_(storage, start // itemsize, shape, strides))
+    return tensors
 
 
 def _documents_at(record: CommitRecord, start: int, stop: int) -> str:

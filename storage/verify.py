@@ -16,7 +16,7 @@ from .errors import CacheError
 from .hook_points import is_integer_hook
 from .index import CommitRecord
 from .layout import COMMITS, DOC_OFFSETS, TOKEN_IDS, activation_name, segment_path
-from .lossy import is_scaled, scale_name
+from .lossy import side_names
 from .root import child_array, child_group, open_root, stored_row_chunks
 
 __all__ = ["Problem", "VerifyReport", "verify_cache"]
@@ -47,9 +47,9 @@ def verify_cache(location: str | os.PathLike[str], progress: Callable[[int], Non
     group, fingerprint = open_root(backend)
     log = CommitLog(backend, COMMITS)
     expected = [activation_name(h, layer) for h in fingerprint.capture.hooks for layer in fingerprint.capture.layers]
-    if is_scaled(fingerprint.capture.store_as):  # fp8/int8 codes' per-token scales (storage/lossy.py)
-        expected += [scale_name(h, layer) for h in fingerprint.capture.hooks if not is_integer_hook(h)
-                     for layer in fingerprint.capture.layers]
+    capture = fingerprint.capture  # fp8/int8 codes' scales and outliers (storage/lossy.py)
+    expected += [side for h in capture.hooks if not is_integer_hook(h) for layer in capture.layers
+                 for side in side_names(h, layer, capture.store_as, capture.outliers)]
     report = VerifyReport()
     for name in log.names():
         try:

@@ -17,6 +17,7 @@ from zarr.codecs.numcodecs import Shuffle
 from .backends.backend import StorageBackend
 from .backends.backend_url import open_backend
 from .claims import LEASE_SECONDS, ClaimBoard, Lease, segment_subject
+from .commit_journal import publish_commit
 from .commit_log import CommitLog
 from .dtypes import fill_value, storage_dtype
 from .errors import CacheError, NotACacheError, as_disk_full
@@ -25,15 +26,13 @@ from .hook_points import HOOK_POINTS, array_dtype, is_integer_hook
 from .index import CommitIndex, CommitRecord
 from .layout import (
     CLAIMS,
-    COMMITS,
     DOC_OFFSETS,
     TOKEN_IDS,
     activation_name,
     chunk_tokens_for,
-    commit_name,
     segment_path,
 )
-from .lossy import code_dtype, code_dtype_name, is_scaled, scale_name
+from .lossy import code_dtype, code_dtype_name, side_arrays, side_names
 from .records import ArrayManifest, ArraySpec, DocRecord
 from .root import check_same_fingerprint, create_root, open_root
 from .segment import SegmentWriter
@@ -67,7 +66,6 @@ class CacheWriter:
         self.url = backend.url
         self.fingerprint = fingerprint
         self._group = group
-        self._log = CommitLog(backend, COMMITS)
         # every begun segment is claimed until it is committed or abandoned, so `gc` never takes a live one
         self.claims = ClaimBoard(CommitLog(backend, CLAIMS))
         self._lease = Lease(self.claims, lease_s)
@@ -176,12 +174,15 @@ class CacheWriter:
                 fill = {"bfloat16": fill_value("bfloat16"), "fp8": 0x7F, "int8": -128}[mode]
                 extra = {"actcache_store_as": mode}
             rows = chunk_tokens_for(spec.width, stored.itemsize)
-            if self._lossy(spec.hook) and is_scaled(mode):
-                extra["actcache_scale"] = scale_name(spec.hook, spec.layer)
-                group.create_array(scale_name(spec.hook, spec.layer), shape=(n_tokens, 1), chunks=(rows, 1),
-                                   dtype=np.float32, compressors=_compressors(4), fill_value=float("nan"),
-                                   dimension_names=["token", "scale"],
-                                   attributes={"hook": spec.hook, "layer": spec.layer, "actcache_dtype": "float32"})
+            sides = side_arrays(spec.hook, spec.layer, spec.width, mode, self.fingerprint.capture.outliers) \
+                if self._lossy(spec.hook) else []
+            for side in sides:  # fp8/int8 scales and outliers, chunked like the codes
+                extra[f"actcache_{side.kind}"] = side.name
+                group.create_array(side.name, shape=(n_tokens, side.width), chunks=(rows, side.width),
+                                   dtype=side.dtype, compressors=_compressors(side.dtype.itemsize),
+                                   fill_value=side.fill_value, dimension_names=["token", side.feature_dim],
+                                   attributes={"hook": spec.hook, "layer": spec.layer,
+                                               "actcache_dtype": side.dtype.name})
             group.create_array(
                 activation_name(spec.hook, spec.layer),
                 shape=(n_tokens, spec.width),
@@ -207,8 +208,9 @@ class CacheWriter:
                manifests: Sequence[ArrayManifest]) -> bool:
         """Publish a unit, last and atomically; False when the same unit was committed by someone else first."""
         expected = {activation_name(s.hook, s.layer) for s in self.array_specs()}
-        if is_scaled(self.fingerprint.capture.store_as):  # SegmentWriter writes a scaled array's scales beside it
-            expected |= {scale_name(s.hook, s.layer) for s in self.array_specs() if self._lossy(s.hook)}
+        capture = self.fingerprint.capture  # SegmentWriter writes a scaled array's side arrays beside it
+        expected |= {name for s in self.array_specs() if self._lossy(s.hook)
+                     for name in side_names(s.hook, s.layer, capture.store_as, capture.outliers)}
         written = {m.name for m in manifests}
         if written != expected:
             missing = sorted(expected - written)
@@ -219,7 +221,7 @@ class CacheWriter:
         self._lease.check(subject)  # a lapsed claim may have let gc remove the segment: never publish it then
         try:
             self.backend.sync(f"{segment_path(segment_id)}/")  # nothing the record names may be lost after it
-            committed = self._log.put_if_absent(commit_name(unit_id), record.to_dict())
+            committed = publish_commit(self.backend, record)  # a journal marker, then the record
         except OSError as error:
             self._lease.release(subject)
             raise (as_disk_full(error, f"the commit of unit {unit_id}") or error) from error

@@ -1,8 +1,9 @@
 """What runs a unit for the service: the model in this process, or a resident Ray `Backbone` (pipeline stages).
 
-An engine is a list of unit runners, one per worker thread of the job runner: each computes and commits one unit
-at a time, calling `on_batch` with the documents computed so far. The in-process engine has one (one model); the
-Ray engine has one per replica, each driving its own S-stage pipeline.
+An engine is a list of unit runners, one per worker thread of the job runner: each computes and commits the
+documents of one service unit at a time, as the claimed units (`ClaimedUnits`, the same per-bucket claims as every
+builder) that the job runner hands it, calling `on_batch` with the documents computed so far. The in-process
+engine has one (one model); the Ray engine has one per replica, each driving its own S-stage pipeline.
 """
 
 from __future__ import annotations
@@ -13,26 +14,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from actcache.cache_builder.build import PreparedBuild
+from actcache.cache_builder.claimed_units import ClaimedUnits
 from actcache.cache_builder.planning import TokenizedDoc, Unit
 
 __all__ = ["OnBatch", "UnitRunner", "local_engine", "RayEngine"]
 
 OnBatch = Callable[[Sequence[TokenizedDoc]], None]
-UnitRunner = Callable[[Unit, OnBatch], None]
+UnitRunner = Callable[[Unit, ClaimedUnits, OnBatch], None]  # the service's unit, its documents' claimed units
 
 
 def local_engine(prepared: PreparedBuild, model: Any) -> list[UnitRunner]:
     """One runner over a model loaded in this process (the path `actcache build` takes, so its bits are equal)."""
-    from actcache.cache_builder.build import capture_batch, pad_token_id, run_unit
+    from actcache.cache_builder.build import run_claimed
     from actcache.cache_builder.runner import DecoderStack
 
     stack = DecoderStack.from_causal_lm(model, range(prepared.deepest_layer + 1))
-    pad_id, capture = pad_token_id(prepared.tokenizer), prepared.fingerprint.capture
-    side = prepared.settings.padding_side
 
-    def run(unit: Unit, on_batch: OnBatch) -> None:
-        batches = (capture_batch(stack, b, capture, pad_id, side) for b in unit.batches())
-        run_unit(prepared, unit, batches, on_batch)
+    def run(unit: Unit, work: ClaimedUnits, on_batch: OnBatch) -> None:
+        run_claimed(prepared, work, stack, on_batch)
 
     return [run]
 
@@ -63,11 +62,12 @@ class RayEngine:
 
     def runners(self) -> list[UnitRunner]:
         def runner(backbone: Any) -> UnitRunner:
-            def run(unit: Unit, on_batch: OnBatch) -> None:
-                report = backbone.build(dataclasses.replace(self._prepared, units=[unit]))
+            def run(unit: Unit, work: ClaimedUnits, on_batch: OnBatch) -> None:
+                # the pipeline commits whole units: progress moves by unit
+                report = backbone.build(dataclasses.replace(self._prepared, units=[unit]), work=work,
+                                        on_unit=lambda done: on_batch(done.docs))
                 if report.redone_units:
                     print(f"unit {unit.unit_id} redone after a stage restart", file=sys.stderr, flush=True)
-                on_batch(unit.docs)  # the pipeline commits whole units: progress moves by unit
             return run
 
         return [runner(b) for b in self.backbones]

@@ -4,7 +4,11 @@ A submission is checked, stored (job_store.py) and planned at once (work_board.p
 being computed for another job cost nothing, the rest become the job's units, which worker threads (one per
 engine runner, engines.py) take round robin across users. A job is done when its own units are committed and the
 documents it waited for are in the cache; then its labels are published (a document's `job` names the newest job
-that sent it). Records are saved at every state change and at most once a second while a job runs, so a service
+that sent it). The board keeps the service's own jobs apart; other writers on the same cache (an `actcache build`, a
+Ray pipeline build, another service) are kept apart by the document claims every builder takes: a worker computes
+its unit as `ClaimedUnits` under the service's one lease, skipping documents another live writer holds until they
+are committed (or taking them over once that writer is dead), so its unit is done when all of its documents are in
+the cache. Records are saved at every state change and at most once a second while a job runs, so a service
 killed at any moment restarts with every queued or running job planned again, in submission order, from what is
 committed: nothing is computed twice.
 """
@@ -21,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actcache.cache_builder.build import PreparedBuild
+from actcache.cache_builder.build import PreparedBuild, claim_units
 from actcache.cache_builder.planning import TokenizedDoc, Unit
+from actcache.storage.claims import Lease
 from actcache.storage.errors import InputError
 
 from .engines import UnitRunner
@@ -78,6 +83,7 @@ class JobRunner:
         self._runners = list(runners)
         settings = prepared.settings
         self._board = WorkBoard(settings.unit_tokens, settings.batch_size)
+        self._lease = Lease(prepared.writer.claims, settings.lease_s)  # the document claims of every worker
         self._cond = threading.Condition()  # guards the records and the board; workers wait on it for units
         self._tokenizing = threading.Lock()
         self._jobs = {r["id"]: JobRecord.from_dict(r, store.folder) for r in store.records()}
@@ -109,6 +115,7 @@ class JobRunner:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join()
+        self._lease.close()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._cond:
@@ -180,7 +187,9 @@ class JobRunner:
 
         error = None
         try:
-            run(unit, on_batch)
+            with claim_units(self._prepared, unit.docs, lease=self._lease) as claimed:
+                run(unit, claimed, on_batch)
+                claimed.check_complete()
         except InputError as err:
             error = str(err)
         except Exception as err:  # a bug: the job fails, the service goes on with the others

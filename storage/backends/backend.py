@@ -77,15 +77,16 @@ class StorageBackend(ABC):
     def sync(self, prefix: str) -> None:
         """Make every object under `prefix` durable before something that names them is published."""
 
-    def list_prefix(self, prefix: str) -> list[str]:
+    def list_prefix(self, prefix: str, start_after: str = "") -> list[str]:
         """Every key that starts with `prefix` (a plain string prefix: `commits/00` matches `commits/0012.json`),
-        sorted; objects still being written are never listed."""
-        return sorted(self.list_info(prefix))
+        sorted; objects still being written are never listed. `start_after`: only keys strictly after it (S3's
+        StartAfter: the store skips the rest, so a time-ordered folder lists only its tail)."""
+        return sorted(self.list_info(prefix, start_after))
 
     @abstractmethod
-    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
-        """Every key that starts with `prefix`, with its size and time of last change (one listing, no request per
-        object)."""
+    def list_info(self, prefix: str, start_after: str = "") -> dict[str, ObjectInfo]:
+        """Every key that starts with `prefix` (and sorts strictly after `start_after`), with its size and time of
+        last change (one listing, no request per object)."""
 
     @abstractmethod
     def list_dirs(self, prefix: str = "") -> list[str]:

@@ -14,11 +14,13 @@ import shutil
 import stat
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic_dir import TEMP_MARK
-from ..durable import fsync_dir, fsync_tree, write_durably
+from ..durable import fsync_dir, fsync_tree
+from ..errors import as_write_denied
 from .backend import ObjectInfo, StorageBackend, check_key, check_prefix
 
 if TYPE_CHECKING:
@@ -55,7 +57,8 @@ class LocalBackend(StorageBackend):
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = _write_temp(path.parent, data)
+        with self._writing(key):
+            tmp = _write_temp(path.parent, data)
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -65,7 +68,8 @@ class LocalBackend(StorageBackend):
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        tmp = _write_temp(path.parent, data)
+        with self._writing(key):
+            tmp = _write_temp(path.parent, data)
         try:
             try:
                 os.link(tmp, path)
@@ -85,42 +89,49 @@ class LocalBackend(StorageBackend):
 
     def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
         """Move the object aside (rename is atomic: of two callers one gets it), compare, then link the new bytes
-        in (exclusive) or put the old ones back."""
+        in (exclusive) or put the old ones back.
+
+        The new bytes are written and fsynced before the object moves aside, so the key is absent only for a
+        rename, a stat and a link (microseconds): a reader or `put_if_absent` landing in that gap sees no object.
+        """
         path = self._path(key)
+        with self._writing(key):
+            tmp = _write_temp(path.parent, data)
         aside = path.parent / f"{TEMP_MARK}swap-{uuid.uuid4().hex}"
         try:
-            os.rename(path, aside)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        try:
-            if _version(aside.stat()) != version:
-                with contextlib.suppress(FileExistsError):  # created meanwhile: that newer object stays
-                    os.link(aside, path)
-                return None
-            tmp = _write_temp(path.parent, data)
             try:
-                os.link(tmp, path)
-                new = _version(os.stat(tmp))
-            except FileExistsError:  # someone created the key while it was aside: theirs is newer
+                os.rename(path, aside)
+            except (FileNotFoundError, NotADirectoryError):
                 return None
+            try:
+                if _version(aside.stat()) != version:
+                    with contextlib.suppress(FileExistsError):  # created meanwhile: that newer object stays
+                        os.link(aside, path)
+                    return None
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:  # someone created the key while it was aside: theirs is newer
+                    return None
+                new = _version(os.stat(tmp))
             finally:
-                os.unlink(tmp)
-            fsync_dir(path.parent)
-            return new
+                aside.unlink()
         finally:
-            aside.unlink()
+            os.unlink(tmp)
+        fsync_dir(path.parent)
+        return new
 
     def put_unpublished(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, data)  # the folder entries are `sync`'s
+        with self._writing(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)  # no fsync here: `sync` flushes a whole segment's files at once, before its commit
 
     def sync(self, prefix: str) -> None:
         folder = self.root / check_prefix(prefix).rstrip("/") if prefix else self.root
         if folder.is_dir():
             fsync_tree(folder)
 
-    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
+    def list_info(self, prefix: str, start_after: str = "") -> dict[str, ObjectInfo]:
         folder = check_prefix(prefix).rpartition("/")[0]
         found: dict[str, ObjectInfo] = {}
         pending = [(os.path.join(self.root, folder) if folder else str(self.root), f"{folder}/" if folder else "")]
@@ -136,7 +147,7 @@ class LocalBackend(StorageBackend):
                 key = key_prefix + entry.name
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((entry.path, f"{key}/"))
-                elif key.startswith(prefix):
+                elif key.startswith(prefix) and key > start_after:
                     status = entry.stat(follow_symlinks=False)
                     found[key] = ObjectInfo(status.st_size, status.st_mtime)
         return found
@@ -157,7 +168,8 @@ class LocalBackend(StorageBackend):
             super().delete_prefix(prefix)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        with self._writing(key):
+            self._path(key).unlink(missing_ok=True)
 
     def size(self, key: str) -> int:
         try:
@@ -176,6 +188,14 @@ class LocalBackend(StorageBackend):
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """A read-only mount or missing permission as one line naming it, not an OSError traceback."""
+        try:
+            yield
+        except OSError as error:
+            raise (as_write_denied(error, f"{self.root}/{key}") or error) from error
 
     def _missing(self, key: str) -> FileNotFoundError:
         return FileNotFoundError(f"no object {key!r} under {self.root}")

@@ -92,14 +92,14 @@ class ObjectStoreBackend(StorageBackend):
     def sync(self, prefix: str) -> None:
         """Nothing to do: every completed PUT is already durable."""
 
-    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
+    def list_info(self, prefix: str, start_after: str = "") -> dict[str, ObjectInfo]:
         import obstore
 
         # obstore lists whole path segments (`a/b` means the folder `a/b/`): list the folder, then filter
         folder = check_prefix(prefix).rpartition("/")[0]
         with self._errors(prefix):
             return {meta["path"]: ObjectInfo(int(meta["size"]), meta["last_modified"].timestamp())
-                    for batch in obstore.list(self._store, folder or None)
+                    for batch in obstore.list(self._store, folder or None, offset=start_after or None)
                     for meta in batch if meta["path"].startswith(prefix)}
 
     def list_dirs(self, prefix: str = "") -> list[str]:

@@ -52,8 +52,10 @@ class SubfolderBackend(StorageBackend):
     def sync(self, prefix: str) -> None:
         self.parent.sync(self._prefix + prefix)
 
-    def list_info(self, prefix: str) -> dict[str, ObjectInfo]:
-        return {key[len(self._prefix):]: info for key, info in self.parent.list_info(self._prefix + prefix).items()}
+    def list_info(self, prefix: str, start_after: str = "") -> dict[str, ObjectInfo]:
+        after = self._prefix + start_after if start_after else ""
+        return {key[len(self._prefix):]: info
+                for key, info in self.parent.list_info(self._prefix + prefix, after).items()}
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         return [key[len(self._prefix):] for key in self.parent.list_dirs(self._prefix + prefix)]

@@ -13,7 +13,10 @@ end of the last (each pass's start-up and first window's wait included, so that 
 started flatters a rate); the first pass is a warm-up, as a training run's first epoch is (buffers allocated,
 workers started: `persistent_workers=True`). "threads" are the loader's decoding threads in one process,
 "workers" DataLoader worker processes. "MB per CPU s" divides the decoded bytes delivered by the CPU time of the
-process and its workers: on a shared machine wall-clock rates mostly measure the neighbours.
+process and its workers: on a shared machine wall-clock rates mostly measure the neighbours; "kernel share" is
+the part of that CPU time spent in the kernel (page faults on fresh memory, file reads). Each row is the
+best of `--repeats` runs (by its rate over the decode limit measured right before it); "vs sequential" divides the
+shuffled row's tokens/s by the sequential row's above it.
 Mixing: how often two rows of a batch come from the same document, divided by that rate under a perfect shuffle
 of the whole epoch (1.0 is perfect; it grows with cache tokens / window rows, so a big cache shows larger values).
 Peak memory is the RSS high-water mark above the RSS when the run starts (VmHWM, reset via /proc/self/clear_refs).
@@ -67,14 +70,20 @@ def write_cache(path: Path, tokens: int, width: int) -> None:
         unit += 1
 
 
-def _cpu_seconds(source: object = None) -> float:
-    """CPU time of this process (all threads), of its finished children, and of the live DataLoader workers of
-    `source` (persistent workers, read from /proc)."""
+def _cpu_times(source: object = None) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of this process (all threads), of its finished children, and of the live
+    DataLoader workers of `source` (persistent workers, read from /proc)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     workers = getattr(getattr(source, "_iterator", None), "_workers", [])
-    ticks = sum(sum(map(int, Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
-                for w in workers)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + ticks / os.sysconf("SC_CLK_TCK")
+    ticks = [list(map(int, Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+             for w in workers]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (own.ru_utime + children.ru_utime + sum(t[0] for t in ticks) / tick,
+            own.ru_stime + children.ru_stime + sum(t[1] for t in ticks) / tick)
+
+
+def _cpu_seconds(source: object = None) -> float:
+    return sum(_cpu_times(source))
 
 
 def read_and_check(path: Path, decoded_bytes: int) -> float:
@@ -136,7 +145,7 @@ def run_loader(path: Path, *, shuffle: bool, threads: int | None = 1, workers: i
     tokens, same_pairs, pairs = 0, 0, 0
     for epoch in range(epochs + 1):
         if epoch == 1:
-            start, start_cpu = time.perf_counter(), _cpu_seconds(source)
+            start, start_cpu, start_kernel = time.perf_counter(), _cpu_seconds(source), _cpu_times(source)[1]
         for b in source:
             index = b["token_index"].numpy()
             tokens += len(index) if epoch else 0
@@ -144,10 +153,11 @@ def run_loader(path: Path, *, shuffle: bool, threads: int | None = 1, workers: i
             same_pairs += int((counts * (counts - 1)).sum())
             pairs += len(index) * (len(index) - 1)
     seconds, cpu = time.perf_counter() - start, _cpu_seconds(source) - start_cpu
+    kernel = _cpu_times(source)[1] - start_kernel
     del source, b
     sizes = np.bincount(doc_of).astype(np.float64)
     perfect = (sizes * (sizes - 1)).sum() / (len(doc_of) * (len(doc_of) - 1))
-    return {"seconds": seconds, "cpu": cpu, "tokens": tokens, "peak": _status("VmHWM") - rss,
+    return {"seconds": seconds, "cpu": cpu, "kernel": kernel, "tokens": tokens, "peak": _status("VmHWM") - rss,
             "mixing": same_pairs / pairs / perfect}
 
 
@@ -199,13 +209,16 @@ def main() -> int:
                 run = best[index]
                 vs_limit = mb_s(run) / (best[0] * parallel)
                 per_cpu = run["tokens"] * token_bytes / run["cpu"] / 1e6
-                vs_seq = max(mb_s(p[3]) / mb_s(p[2]) for p in pairs)
+                if index == 2:
+                    sequential = run
                 rows.append((label, order, f"{run['tokens'] / run['seconds']:,.0f}", f"{mb_s(run) / 1e3:.2f}",
-                             f"{vs_limit:.2f}x", f"{vs_seq:.2f}x" if index == 3 else "1",
-                             f"{per_cpu:.0f} ({per_cpu / best[1]:.2f}x)", f"{run['mixing']:.1f}"))
+                             f"{vs_limit:.2f}x", f"{mb_s(run) / mb_s(sequential):.2f}x" if index == 3 else "1",
+                             f"{per_cpu:.0f} ({per_cpu / best[1]:.2f}x)", f"{run['kernel'] / run['cpu']:.0%}",
+                             f"{run['mixing']:.1f}"))
                 print(" | ".join(rows[-1]), flush=True)
         print("\n| reader | order | tokens/s | GB/s (float32) | vs decode limit x parallel | vs sequential | "
-              "MB per CPU s (vs limit) | same-document pairs vs perfect |\n|---|---|---|---|---|---|---|---|\n"
+              "MB per CPU s (vs limit) | kernel share of CPU | same-document pairs vs perfect |\n"
+              "|---|---|---|---|---|---|---|---|---|\n"
               + "\n".join("| " + " | ".join(r) + " |" for r in rows))
 
         print("\n| buffer_tokens | peak RSS above start (MiB) | window (MiB) | same-document pairs vs perfect |\n"

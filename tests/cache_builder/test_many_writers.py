@@ -9,6 +9,7 @@ the batch size (padding changes the attention's reduction order by ~1e-6, which 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -169,32 +170,45 @@ def test_two_writers_on_s3_compute_each_document_once(tiny_llama_dir: Path, refe
                  lambda round_: _seed(tiny_llama_dir, corpus, f"{s3_url}/round-{round_}"))
 
 
-@pytest.mark.parametrize("storage", ["disk", "s3"])
-def test_a_killed_writers_claims_are_taken_over_after_its_lease(tiny_llama_dir: Path, reference: CacheReader,
-                                                                tmp_path: Path, storage: str,
-                                                                request: pytest.FixtureRequest) -> None:
-    lease = "8"  # seconds: the second writer starts while the killed one's claims are still live
-    corpus = _write(tmp_path / "corpus.jsonl", _pool()[:20])
-    out = str(tmp_path / "cache") if storage == "disk" else f"{request.getfixturevalue('s3_url')}/cache"
-    command = [sys.executable, "-m", "actcache.actcache_cli"]
-    killed = subprocess.Popen(command + _build_args(tiny_llama_dir, corpus, out, "--batch-size", "1",
-                                                    "--unit-tokens", "8", "--lease-seconds", lease),
+_CLI = [sys.executable, "-m", "actcache.actcache_cli"]
+
+
+def _kill_while_claiming(model: Path, corpus: Path, out: str, lease: str) -> tuple[int, set[str]]:
+    """A build SIGKILLed while it holds document claims and has committed some of their work: its pid and the
+    keys committed when it died."""
+    killed = subprocess.Popen(_CLI + _build_args(model, corpus, out, "--batch-size", "1", "--unit-tokens", "8",
+                                                 "--lease-seconds", lease),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    backend = open_backend(str(out))
-    committed = CommittedKeys(backend)
+    committed = CommittedKeys(open_backend(out))
     deadline = time.monotonic() + 120
-    while len(committed.refresh()) < 2:  # it holds document claims and has committed some of their work
+    while len(committed.refresh()) < 2:
         assert killed.poll() is None, killed.communicate()[0].decode()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
-    done = set(committed.refresh())
-    expires = {c.subject: c.expires for c in ClaimBoard(CommitLog(backend, CLAIMS)).claims()
-               if c.subject.startswith("document/")}
+    return killed.pid, set(committed.refresh())
 
-    taker = subprocess.run(command + _build_args(tiny_llama_dir, corpus, out, "--batch-size", "3",
-                                                 "--lease-seconds", lease),
+
+@pytest.mark.parametrize("storage", ["disk", "s3"])
+def test_a_killed_writers_claims_are_taken_over_after_its_lease(tiny_llama_dir: Path, reference: CacheReader,
+                                                                tmp_path: Path, storage: str,
+                                                                request: pytest.FixtureRequest) -> None:
+    """A writer on another machine died: nothing proves it, so its claims are taken over only once they expire."""
+    lease = "8"  # seconds: the second writer starts while the killed one's claims are still live
+    corpus = _write(tmp_path / "corpus.jsonl", _pool()[:20])
+    out = str(tmp_path / "cache") if storage == "disk" else f"{request.getfixturevalue('s3_url')}/cache"
+    _, done = _kill_while_claiming(tiny_llama_dir, corpus, out, lease)
+    board = ClaimBoard(CommitLog(open_backend(out), CLAIMS))
+    expires = {}
+    for claim in board.claims():  # rewritten as a writer on another machine would have written them
+        if claim.subject.startswith("document/"):
+            elsewhere = dataclasses.replace(claim, host="elsewhere", machine="elsewhere/boot/pid:[1]")
+            board.log.replace(f"{claim.subject.replace('/', '.')}.json", elsewhere.to_dict())
+            expires[claim.subject] = claim.expires
+
+    taker = subprocess.run(_CLI + _build_args(tiny_llama_dir, corpus, out, "--batch-size", "3",
+                                              "--lease-seconds", lease),
                            capture_output=True, text=True, timeout=300)
     assert taker.returncode == 0, taker.stdout + taker.stderr
     assert _built(taker.stdout) == 20 - len(done)  # everything the killed writer had not committed, nothing twice
@@ -205,3 +219,25 @@ def test_a_killed_writers_claims_are_taken_over_after_its_lease(tiny_llama_dir: 
                   if d.key not in done and document_subject(d.key) in expires]
     assert taken_over, "the writer was killed without claimed work left: nothing was taken over"
     assert all(created >= expiry for created, expiry in taken_over)  # only after the killed writer's lease ran out
+    assert "took over" in taker.stdout and "host elsewhere, lease expired" in taker.stdout, taker.stdout
+
+
+def test_a_rerun_after_sigkill_takes_over_its_dead_claims_at_once(tiny_llama_dir: Path, reference: CacheReader,
+                                                                  tmp_path: Path) -> None:
+    """On the same machine the rerun proves the killed writer's process gone and does not wait for its lease, set
+    here far beyond the rerun's timeout."""
+    lease = str(7 * 24 * 3600)
+    corpus = _write(tmp_path / "corpus.jsonl", _pool()[:20])
+    out = str(tmp_path / "cache")
+    pid, done = _kill_while_claiming(tiny_llama_dir, corpus, out, lease)
+    held = [c for c in ClaimBoard(CommitLog(open_backend(out), CLAIMS)).claims() if c.subject.startswith("document/")]
+    assert held and all(c.pid == pid and not c.expired() for c in held)
+
+    rerun = subprocess.run(_CLI + _build_args(tiny_llama_dir, corpus, out, "--batch-size", "3", "--lease-seconds",
+                                              lease), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert re.search(rf"took over \d+ document bucket claim\(s\) of writers that died \(e\.g\. pid {pid} on host "
+                     rf"\S+, lease expires in \d+ s, its process is gone\)", rerun.stdout), rerun.stdout
+    assert _built(rerun.stdout) == 20 - len(done)
+    _assert_union(out, 20)
+    _assert_same_activations(out, reference)

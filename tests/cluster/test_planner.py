@@ -239,20 +239,23 @@ def test_compression_ratios_are_the_benchmark_measurements() -> None:
     assert compression_ratio("bfloat16") == measured("build, 3 layers, bfloat16 compute+store")
 
 
-@pytest.mark.parametrize(("store_as", "value_bytes", "scale_bytes", "ratio"),
-                         [("exact", 2, 0, 1.45), ("bfloat16", 2, 0, 1.45), ("fp8", 1, 4, 1.0), ("int8", 1, 4, 1.0)])
+@pytest.mark.parametrize(("store_as", "value_bytes", "scale_bytes", "outliers", "ratio"),
+                         [("exact", 2, 0, 0, 1.45), ("bfloat16", 2, 0, 0, 1.45), ("fp8", 1, 4, 16, 1.0),
+                          ("int8", 1, 4, 8, 1.0)])
 def test_store_as_sizes_the_store_by_the_modes_bytes_per_value(
-    store_as: str, value_bytes: int, scale_bytes: int, ratio: float, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    store_as: str, value_bytes: int, scale_bytes: int, outliers: int, ratio: float,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bf16 model's rows cost 2 B a value exact or as bfloat16, 1 B plus a 4-byte float32 scale per token row as
-    fp8/int8 codes; router expert ids stay int16 in every mode. fp8/int8 assume no zstd gain (none measured)."""
+    fp8/int8 codes, plus each exact outlier's uint16 column and float32 value (at most the row's width: router
+    weights have 8); router expert ids stay int16 in every mode. fp8/int8 assume no zstd gain (none measured)."""
     monkeypatch.chdir(REPO)
     assert _run([*PAPER_ARGS, "--hooks", "resid_post,attn_z,router", "--store-as", store_as, "--nodes", "1",
                  "--gpus-per-node", "8", "--gpu-mem-gib", "80", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     rows = {"resid_post": 4096, "attn_z": 64 * 128, "router_weights": 8}  # Qwen3-235B: d_model, heads x head_dim, top-k
-    expected = {hook: 3 * (width * value_bytes + scale_bytes) for hook, width in rows.items()}
+    expected = {hook: 3 * (width * value_bytes + scale_bytes + min(outliers, width) * (2 + 4))
+                for hook, width in rows.items()}
     expected["router_experts"] = 3 * 8 * 2
     assert data["bytes_per_token_by_hook"] == expected
     assert data["capture"]["store_as"] == store_as and data["compression_ratio"] == ratio

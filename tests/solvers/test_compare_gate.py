@@ -98,11 +98,11 @@ def test_fp8_passes_the_gate_on_smollm2(tmp_path_factory, smollm2_dir):
     for row in result.rows:
         independent = float(_caa(e, row["layer"]) @ _caa(f, row["layer"]))
         assert row["caa_cosine"] == pytest.approx(independent, abs=1e-4)  # readouts are float16
-    # measured on the 160-document sentiment set: CAA cosine 0.99878 (layer 8) and 0.99981 (layer 15), AUROC
-    # delta -0.0050 and 0.0000: fp8's 3-bit mantissa (~2.5% error per token) averaged over ~60 documents a class
-    # misses the 0.999 goal at layer 8 by a hair; a real regression (a wrong scale, rounding) lands far below these
-    assert result.worst["caa_cosine_min"] >= 0.998
-    assert result.worst["auroc_delta_max_abs"] <= 0.01
-    assert result.rows[1]["caa_cosine"] >= 0.999
+    # measured on the 160-document sentiment set with 16 exact outliers per token: CAA cosine 0.99962 (layer 8) and
+    # 0.99995 (layer 15), AUROC delta 0.0000 at both (one scale per whole row, before outliers: 0.99878 and 0.99981,
+    # -0.0050); an outlier put back in the wrong column or a scale taken over them lands below 0.999
+    assert result.worst["caa_cosine_min"] >= 0.999
+    assert result.worst["auroc_delta_max_abs"] <= 0.005
+    assert result.rows[0]["caa_cosine"] >= 0.9995 and result.rows[1]["caa_cosine"] >= 0.9999
     info = f.info()
     assert info["activation_bytes_stored"] <= 0.3 * info["activation_bytes_raw"]

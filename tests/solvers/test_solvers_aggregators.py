@@ -84,6 +84,33 @@ def test_parity_with_steering_vectors_sklearn_kwargs(many_pairs):
     assert _cos(logistic_aggregator(kwargs)(pos, neg), sv.logistic_aggregator(kwargs)(pos, neg)) >= SAME
 
 
+@pytest.mark.parametrize(("kwargs", "converges"), [({}, True), ({"C": 0.05, "tol": 1e-6}, True),
+                                                  ({"max_iter": 4}, False)])
+def test_lbfgs_logistic_retraces_scikit_learns_solver(kwargs, converges):
+    """The direct L-BFGS-B call follows scikit-learn's own iterates, not just its optimum: stopped after 4
+    iterations it lands where scikit-learn stops, and warns as scikit-learn does."""
+    import warnings
+
+    from actcache.solvers.logistic_lbfgs import LBFGS_DEFAULTS, lbfgs_logistic
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((30, 200)) + 0.3 * rng.standard_normal(200)).astype(np.float32)  # d > n, as in pairs
+    y = (rng.random(30) < 0.5).astype(np.float64)
+    settings = {**LBFGS_DEFAULTS, **kwargs}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = lbfgs_logistic(torch.from_numpy(x), torch.from_numpy(y), c=settings["C"], tol=settings["tol"],
+                             max_iter=settings["max_iter"])
+        ref = LogisticRegression(fit_intercept=False, **kwargs).fit(x, y).coef_[0]
+    assert _cos(got, torch.from_numpy(ref)) >= SAME
+    assert float(got.norm()) == pytest.approx(float(np.linalg.norm(ref)), rel=1e-5)
+    ours = [w for w in caught if issubclass(w.category, RuntimeWarning) and "lbfgs" in str(w.message)]
+    theirs = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(ours) == len(theirs) == (0 if converges else 1)
+
+
 def _repeng(pos: torch.Tensor, neg: torch.Tensor, method: str) -> np.ndarray:
     """repeng read_representations on precomputed hiddens, rows ordered [pos, neg, pos, neg, ...]."""
     h = np.stack([pos.numpy(), neg.numpy()], axis=1).reshape(-1, pos.shape[1]).astype(np.float64)

@@ -124,6 +124,16 @@ class BackendConformance:
         assert backend.list_prefix("nothing/") == []
         assert backend.list_prefix("a/y") == []
 
+    def test_list_prefix_after_a_key_lists_only_the_keys_strictly_after_it(self, backend: StorageBackend) -> None:
+        keys = ["j/20260101-a", "j/20260101-b", "j/20260102-a", "j/20260103-c", "k/20260102-z"]
+        for key in keys:
+            backend.put(key, b"")
+        assert backend.list_prefix("j/", start_after="j/20260101-b") == ["j/20260102-a", "j/20260103-c"]
+        assert backend.list_prefix("j/", start_after="j/20260102-") == ["j/20260102-a", "j/20260103-c"]
+        assert backend.list_prefix("j/", start_after="j/2") == keys[:4]
+        assert backend.list_prefix("j/", start_after="j/20260103-c") == []
+        assert list(backend.list_info("j/2026010", start_after="j/20260102-a")) == ["j/20260103-c"]
+
     def test_list_dirs_names_the_immediate_child_folders(self, backend: StorageBackend) -> None:
         for key in ["zarr.json", "a/zarr.json", "a/b/c/d", "a/bc/x", "ab/y", "z/w/v"]:
             backend.put(key, b"x")

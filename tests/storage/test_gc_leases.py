@@ -1,5 +1,6 @@
 """`gc` against real writer processes: a live writer's segment stays, a killed writer's goes once its lease
-expired; stale temp files go too, and `gc` says what it kept and why."""
+expired; stale temp files and expired document claims go too (on a disk and on S3), and `gc` says what it kept and
+why."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from actcache import actcache_cli
 from actcache.storage import CacheWriter, open_cache, verify_cache
 from actcache.storage.backends import open_backend
-from actcache.storage.claims import Claim, ClaimBoard, segment_subject
+from actcache.storage.claims import TOMBSTONE_OWNER, Claim, ClaimBoard, Lease, segment_subject
 from actcache.storage.commit_log import CommitLog
 from actcache.storage.gc import collect_garbage
+from actcache.storage.process_identity import process_start, this_machine
 from storage_fixtures import WrittenCache, make_fingerprint, write_unit
 
 LEASE_S = 1.0
@@ -146,3 +149,68 @@ def test_claims_are_exclusive_until_they_expire(tmp_path: Path) -> None:
     assert board.get("document/abc") == second
     board.release(second)
     assert board.get("document/abc") is None and board.claims() == []
+
+
+def test_checks_during_renewals_never_see_a_live_claim_as_lost(tmp_path: Path) -> None:
+    """On disk a renewal moves the record aside for a moment; a writer's own `check` racing it once failed a build
+    under load with "claim ... was lost". Renew every 20 ms while checking in a loop: every check must pass."""
+    lease = Lease(ClaimBoard(CommitLog(open_backend(tmp_path), "claims")), lease_s=0.06)
+    subjects = [f"document/{i:02x}" for i in range(8)]
+    for subject in subjects:
+        lease.take(subject)
+    deadline, checks = time.monotonic() + 1.5, 0
+    try:
+        while time.monotonic() < deadline:
+            for subject in subjects:
+                try:
+                    lease.check(subject)
+                except Exception as error:
+                    assert "about to lapse" in str(error), error  # a starved renewal thread may lag; never "lost"
+                checks += 1
+    finally:
+        lease.close()
+    assert checks > 100
+
+
+def _dead_pid() -> tuple[int, int]:
+    """The pid and start time of a process of this machine that has exited (and was reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid(), flush=True); input()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    pid = int(child.stdout.readline())
+    started = process_start(pid)
+    child.kill()
+    child.wait()
+    assert started is not None and process_start(pid) != started
+    return pid, started
+
+
+@pytest.mark.parametrize("storage", ["disk", "s3"])
+def test_gc_removes_expired_document_claims_and_never_a_live_or_taken_over_one(
+        tmp_path: Path, storage: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "cache") if storage == "disk" else f"{request.getfixturevalue('s3_url')}/cache"
+    CacheWriter.open(url, make_fingerprint()).close()
+    board = ClaimBoard(CommitLog(open_backend(url), "claims"))
+    now = time.time()
+    for subject, expires in (("document/0a", now - 5), ("document/0b", now - 5), ("document/0c", now + 600)):
+        assert board.try_claim(Claim(subject, f"writer-{subject[-1]}", "h", 7, expires)) is None
+    taker = Claim("document/0b", "taker", "h", 8, now + 600)  # a writer takes 0b over before gc runs
+    assert board.try_claim(taker) is None
+    assert collect_garbage(url, dry_run=True).document_claims == ["document/0a"]
+    assert board.get("document/0a") is not None  # a dry run lists, removes nothing
+    assert actcache_cli.main(["gc", url]) == 0
+    assert "deleted 1 expired document claim(s) of dead writers: document/0a" in capsys.readouterr().out
+    assert sorted(c.subject for c in board.claims()) == ["document/0b", "document/0c"]
+    assert board.get("document/0b") == taker
+
+    # between gc's swap and its delete the record is gc's tombstone: a writer waits for the delete instead of
+    # swapping in a claim the delete would remove, unless gc's process is provably gone
+    pid, started = _dead_pid()
+    tombstone = Claim("document/0d", TOMBSTONE_OWNER, "h", os.getpid(), now + 600, this_machine(),
+                      process_start(os.getpid()) or 0)
+    board.log.put_if_absent("document.0d.json", tombstone.to_dict())
+    assert board.try_claim(Claim("document/0d", "writer", "h", 9, now + 600)) == tombstone
+    board.log.replace("document.0d.json", {**tombstone.to_dict(), "pid": pid, "started": started})
+    taken: list[Claim] = []
+    assert board.try_claim(Claim("document/0d", "writer", "h", 9, now + 600), taken) is None
+    assert board.get("document/0d").owner == "writer" and [c.pid for c in taken] == [pid]

@@ -94,6 +94,70 @@ def test_same_batches_for_any_number_of_workers_and_threads(cache: WrittenCache,
                 np.testing.assert_array_equal(mine[key], theirs[key])
 
 
+def _hold(batch: dict[str, torch.Tensor], views: bool) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """(a copy of the tokens now, what is kept: the batch itself, or views of its rows 3..39)"""
+    kept = {k: v[3:40] for k, v in batch.items()} if views else batch
+    return kept["token_index"].numpy().copy(), kept
+
+
+def _kept_rows_are_intact(expected: dict[str, np.ndarray], tokens: np.ndarray, kept: dict[str, torch.Tensor]) -> None:
+    """A held batch still holds the tokens it was received with, and their rows (a window reused under it would
+    have rewritten both, consistently)."""
+    np.testing.assert_array_equal(kept["token_index"].numpy(), tokens)
+    for key, rows in expected.items():
+        np.testing.assert_array_equal(kept[key].numpy(), rows[tokens])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batches_kept_across_epochs_are_never_overwritten(cache: WrittenCache, shuffle: bool) -> None:
+    """Window memory is reused by later windows and epochs, but never under a batch (or a view of one) still held."""
+    expected = _expected(cache)
+    ds = open_cache(cache.path).tokens(shuffle=shuffle, **SMALL)
+    held = []
+    for _ in range(3):
+        for i, batch in enumerate(ds):
+            if i % 5 == 0:
+                held.append(_hold(batch, views=i % 10 == 5))
+    assert len(held) == 15
+    for tokens, kept in held:
+        _kept_rows_are_intact(expected, tokens, kept)
+
+
+def _shared_object(tensor: torch.Tensor) -> int:
+    """The inode of the shared-memory object a tensor received from a DataLoader worker lies in (/proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, _, _, _, inode, *_ = line.split()
+        lo, hi = (int(a, 16) for a in span.split("-"))
+        if lo <= address < hi:
+            return int(inode)
+    raise AssertionError(f"no mapping holds address {address:#x}")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_workers_reuse_shared_memory_but_never_under_a_batch_still_held(cache: WrittenCache, shuffle: bool) -> None:
+    """DataLoader workers decode into shared memory the main process maps; a worker reuses a window's buffer once
+    every batch from it (and every view of one) is gone in the main process, and never while one is held."""
+    expected = _expected(cache)
+    ds = open_cache(cache.path).tokens(shuffle=shuffle, **SMALL)
+    slots = 4 if shuffle else 1  # batches per window: shuffled, worker 0 serves 400-row windows; else one each
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    held = []  # (batch number, its tokens, what is kept of it)
+    buffers, windows = [], []
+    for epoch in range(3):
+        for i, batch in enumerate(loader):
+            buffers.append(_shared_object(batch["token_index"]))
+            windows.append((epoch, i // slots))
+            if i % 5 == 0:
+                held.append((len(buffers) - 1, *_hold(batch, views=i % 10 == 5)))
+            del batch
+    assert len(buffers) == 75 and len(set(buffers)) <= len(held) + 16  # buffers are reused (75 without)...
+    for number, tokens, kept in held:
+        later = {w for b, w in zip(buffers[number:], windows[number:], strict=True) if b == buffers[number]}
+        assert later == {windows[number]}  # ...but never for another window while a batch or a view is held
+        _kept_rows_are_intact(expected, tokens, kept)
+
+
 def test_ranks_get_disjoint_equal_shards(cache: WrittenCache) -> None:
     reader = open_cache(cache.path)
     for world in (2, 3, 4):
