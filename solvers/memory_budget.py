@@ -23,6 +23,9 @@ MIN_STREAM_BLOCK = 1 << 20
 # BLAS/LAPACK buffers touched by the first large gemm, SVD and eigh (measured 15-20 MB resident, one
 # thread) and zarr's per-stream buffers: fixed, whatever the cache size, but part of what a solve holds
 RUNTIME_WORKSPACE = 24 << 20
+# What each Ray worker maps and touches the first time it decomposes, beyond its tasks' data: scipy.linalg and
+# its LAPACK (measured: 18.6 MB resident for the import, ~10 MB more for the first d = 1024 eigh's buffers)
+WORKER_RUNTIME = 32 << 20
 STREAM_COPIES = 4  # the reader's window while it is extended, chunk buffers, the widened rows (measured 3.7x)
 SVD_COPIES = 6  # in float32 matrices: rows, float64 copy (2), centred, SVD factors, LAPACK workspace
 
@@ -79,8 +82,9 @@ def plan_memory(
     (vectors of finished layers). Fixed parts: the library workspace, the stream (about `STREAM_COPIES`
     blocks; the block is a twentieth of the budget), one document's matrices, the eigen-decomposition and
     projector flush temporaries, and T, which later subspace batches keep beside their own totals. With
-    `workers` > 1, T sits once more in the object store and up to `in_flight` tasks of `task` bytes
-    (`ray_task_bytes`) run at once: as many as fit beside the smallest subspace totals, at least one. The
+    `workers` > 1, each worker holds its libraries (`WORKER_RUNTIME`), T sits once more in the object store and
+    up to `in_flight` tasks of `task` bytes (`ray_task_bytes`) run at once: as many as fit beside the smallest
+    subspace totals, at least one. The
     rest is for the subspace totals (`subspace`, handed to `subspace_batches`). A budget that the fixed
     parts already exceed is an error naming the smallest budget that works.
     """
@@ -95,7 +99,8 @@ def plan_memory(
         return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62, workers, task)
     block = max(MIN_STREAM_BLOCK, min(MAX_STREAM_BLOCK, budget // 20))
     shared = 2 * square if ray and subspace else 0  # T put once into the object store, mapped by driver and workers
-    fixed = RUNTIME_WORKSPACE + STREAM_COPIES * block + document + accumulators + eigen + kept + shared
+    libraries = RUNTIME_WORKSPACE + (workers * WORKER_RUNTIME if ray else 0)
+    fixed = libraries + STREAM_COPIES * block + document + accumulators + eigen + kept + shared
     minimum_totals = 2 * square + width * 1024 * 4 if subspace else 0  # what subspace_batches needs at least
     room = budget - fixed - minimum_totals
     in_flight = min(workers, max(1, room // task)) if task else workers

@@ -13,8 +13,7 @@ __all__ = [
     "NonFiniteError",
     "DiskFullError",
     "WriteDeniedError",
-    "as_disk_full",
-    "as_write_denied",
+    "as_write_error",
 ]
 
 
@@ -55,26 +54,18 @@ class WriteDeniedError(CacheError):
 
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def as_disk_full(error: BaseException, where: str) -> DiskFullError | None:
-    """The DiskFullError to raise for an OSError that means "no space left", else None."""
-    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
-        return DiskFullError(
-            f"disk full while writing {where} ({error.strerror}): free space and rerun the same command; "
-            "committed documents are intact and the build resumes"
-        )
-    return None
-
-
 _WRITE_DENIED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-def as_write_denied(error: BaseException, where: str) -> WriteDeniedError | None:
-    """The WriteDeniedError to raise for an OSError that means "not allowed to write here", else None."""
-    if isinstance(error, OSError) and error.errno in _WRITE_DENIED_ERRNOS:
-        return WriteDeniedError(
-            f"cannot write {where} ({error.strerror}): this command adds to the cache, so it needs write permission "
-            "there; reading commands need none"
-        )
+def as_write_error(error: BaseException, where: str) -> CacheError | None:
+    """The one-line error for an OSError of a write that the user can fix (no space left, no write permission),
+    else None (anything else keeps its traceback)."""
+    if not isinstance(error, OSError):
+        return None
+    if error.errno in _DISK_FULL_ERRNOS:
+        return DiskFullError(f"disk full while writing {where} ({error.strerror}): free space and rerun the same "
+                             "command; committed documents are intact and the build resumes")
+    if error.errno in _WRITE_DENIED_ERRNOS:
+        return WriteDeniedError(f"cannot write {where} ({error.strerror}): this command adds to the cache, so it "
+                                "needs write permission there; reading commands need none")
     return None

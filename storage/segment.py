@@ -16,7 +16,7 @@ import zarr
 
 from .chunk_codec import ChunkEncoder
 from .dtypes import to_storage, widen_to_float32
-from .errors import as_disk_full
+from .errors import as_write_error
 from .hook_points import array_dtype
 from .layout import parse_activation_name, segment_path
 from .lossy import decode, encode, row_errors, sides_of, summarize
@@ -172,7 +172,7 @@ def _reraise(future: Future[Any], segment_id: str) -> None:
     error = future.exception()
     if error is None:
         return
-    disk_full = as_disk_full(error, f"segment {segment_id}")
-    if disk_full is not None:
-        raise disk_full from error
+    user_error = as_write_error(error, f"segment {segment_id}")
+    if user_error is not None:
+        raise user_error from error
     raise error

@@ -20,7 +20,7 @@ from .claims import LEASE_SECONDS, ClaimBoard, Lease, segment_subject
 from .commit_journal import publish_commit
 from .commit_log import CommitLog
 from .dtypes import fill_value, storage_dtype
-from .errors import CacheError, NotACacheError, as_disk_full
+from .errors import CacheError, NotACacheError, as_write_error
 from .fingerprint import CacheFingerprint
 from .hook_points import HOOK_POINTS, array_dtype, is_integer_hook
 from .index import CommitIndex, CommitRecord
@@ -89,7 +89,7 @@ class CacheWriter:
             try:  # refuses a location that holds something else; False: another writer created it just now
                 create_root(backend, fingerprint, model_source)
             except OSError as error:
-                raise (as_disk_full(error, backend.url) or error) from error
+                raise (as_write_error(error, backend.url) or error) from error
             group, cached = open_root(backend, mode="r+")
         check_same_fingerprint(backend.url, cached, fingerprint)
         return cls(backend, cached, group, lease_s)
@@ -147,7 +147,7 @@ class CacheWriter:
                 self.abandon(segment_id)
                 raise
         except OSError as error:
-            raise (as_disk_full(error, f"segment {segment_id}") or error) from error
+            raise (as_write_error(error, f"segment {segment_id}") or error) from error
         return segment_id
 
     def abandon(self, segment_id: str) -> None:
@@ -224,7 +224,7 @@ class CacheWriter:
             committed = publish_commit(self.backend, record)  # a journal marker, then the record
         except OSError as error:
             self._lease.release(subject)
-            raise (as_disk_full(error, f"the commit of unit {unit_id}") or error) from error
+            raise (as_write_error(error, f"the commit of unit {unit_id}") or error) from error
         if committed:
             self._lease.release(subject)
             self._since_fold += 1

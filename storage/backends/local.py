@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..atomic_dir import TEMP_MARK
 from ..durable import fsync_dir, fsync_tree
-from ..errors import as_write_denied
+from ..errors import as_write_error
 from .backend import ObjectInfo, StorageBackend, check_key, check_prefix
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class LocalBackend(StorageBackend):
         try:
             yield
         except OSError as error:
-            raise (as_write_denied(error, f"{self.root}/{key}") or error) from error
+            raise (as_write_error(error, f"{self.root}/{key}") or error) from error
 
     def _missing(self, key: str) -> FileNotFoundError:
         return FileNotFoundError(f"no object {key!r} under {self.root}")
