@@ -1,15 +1,15 @@
 """Training reads: shuffled, resumable, rank-sharded token batches of several hooks/layers (`CacheReader.tokens`).
 
-The order is pure arithmetic on a pinned list of committed units (token_plan.py): it depends on the seed, the
-epoch, the rank split and the batch and buffer sizes, never on how many threads or DataLoader workers read.
-Decoding runs on a thread pool (object reads, zstd and the byte unshuffle all release the GIL), one window ahead of
-the batches being served; memory stays near three windows (`buffer_tokens` rows each: served, decoding, and the
-previous one, which the caller's last batch still views) whatever the cache size. Window memory is reused, by the
-next window and by the dataset's next iteration (epoch): the kernel zeroes a fresh page in about the time decoding
-fills it. A window that a batch the caller still holds views is never reused (it costs a fresh one instead).
-DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see __iter__). A
-worker decodes into shared memory that the main process maps without a copy, and reuses a window's buffer once the
-main process has let go of every batch (and view of one) from it (`_Handout`).
+The order is pure arithmetic on a pinned list of committed units (token_plan.py): it depends on the seed, the epoch,
+the rank split and the batch and buffer sizes, never on how many threads or DataLoader workers read. Decoding runs
+on a thread pool kept across iterations (object reads, zstd and the byte unshuffle all release the GIL), one window
+ahead of the batches being served; memory stays near three windows (`buffer_tokens` rows each: served, decoding, and
+the previous one, which the caller's last batch still views) whatever the cache size. Window memory is reused, by
+the next window and by the dataset's next iteration (epoch): the kernel zeroes a fresh page in about the time
+decoding fills it. A window that a batch the caller still holds views is never reused (it costs a fresh one
+instead). DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see
+__iter__). A worker decodes into shared memory that the main process maps without a copy, and reuses a window's
+buffer once the main process has let go of every batch (and view of one) from it (`_Handout`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
@@ -87,10 +87,26 @@ class TokenDataset(IterableDataset[Batch]):
         self._stride = 1  # how many readers share the stream (DataLoader workers) when `_step` was recorded
         self._spare: list[_Buffers] = []  # retired windows' buffers: the next window and the next epoch reuse them
         self._decoders: dict[str, ChunkDecoder] = {}  # by array key: opening an array costs more than a chunk
+        self._pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, decoding threads)
 
     def __getstate__(self) -> dict[str, Any]:
-        """A pickled copy (a DataLoader worker started by spawn) leaves the spare buffers and the decoders behind."""
-        return {**self.__dict__, "_spare": [], "_decoders": {}}
+        """A pickled copy (a DataLoader worker started by spawn) leaves the spare buffers, the decoders and the
+        decoding threads behind."""
+        return {**self.__dict__, "_spare": [], "_decoders": {}, "_pool": None}
+
+    def _decoding_pool(self, threads: int) -> ThreadPoolExecutor:
+        """The decoding threads, kept across iterations (epochs): a new thread faults in fresh scratch buffers
+        (chunk_codec.py), ~4 MB each, which cost this machine ~4% of an epoch. A forked process (a DataLoader
+        worker) inherits the pool but not its threads, so it makes its own."""
+        if self._pool is not None:
+            pid, size, pool = self._pool
+            if pid == os.getpid() and size == threads:
+                return pool
+            if pid == os.getpid():
+                pool.shutdown(wait=False)
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="actcache-tokens")
+        self._pool = (os.getpid(), threads, pool)
+        return pool
 
     def _plan(self, records: Sequence[CommitRecord]) -> TokenPlan:
         """Documents of `records` in `documents()` order (a key committed twice counts once), then the selection."""
@@ -286,15 +302,17 @@ class _Window:
         if permutation is not None:
             self.place = np.empty_like(permutation)
             self.place[permutation] = np.arange(len(permutation))
-        self._pending: list[Future[None]] = [pool.submit(fill, self, piece)
+        self.pending: list[Future[None]] = [pool.submit(fill, self, piece)
                                              for piece in plan.window_pieces(order[1], order[0], window, slots)]
 
     def batch(self, local_slot: int) -> Batch:
         """Batch `local_slot` of the window: views of its buffers (in shared memory for a DataLoader worker, so
         that handing a batch to the main process copies nothing)."""
-        for future in self._pending:
-            future.result()  # re-raises a decoding error (missing chunk, bad checksum) in the reading thread
-        self._pending = []
+        if self.pending:
+            wait(self.pending)  # one wake-up for the window, not one per task
+            for future in self.pending:
+                future.result()  # re-raises a decoding error (missing chunk, bad checksum) in the reading thread
+            self.pending = []
         size = self.owner.settings.batch_size
         lo, hi = local_slot * size, min((local_slot + 1) * size, len(self.tokens))
         shared = self.buffers.shared
@@ -310,7 +328,7 @@ class _Window:
         return batch
 
     def cancel(self) -> None:
-        for future in self._pending:
+        for future in self.pending:
             future.cancel()
 
 
@@ -321,9 +339,10 @@ class _WindowReader:
         self.owner = owner
         self.slots = slots
         self.shared = shared
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="actcache-tokens")
+        self.pool = owner._decoding_pool(threads)
         self.windows: dict[tuple[int, int], _Window] = {}
         self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.decoders: dict[int, dict[str, tuple[ChunkDecoder, list[ChunkDecoder]]]] = {}  # by segment
 
     def window(self, epoch: int, window: int) -> _Window:
         """The window, decoded or decoding; older windows are retired."""
@@ -380,12 +399,17 @@ class _WindowReader:
                                                 self._fill, self.pool)
 
     def _decoders_of(self, segment: int) -> dict[str, tuple[ChunkDecoder, list[ChunkDecoder]]]:
-        """Per stream: the decoder of its chunks, and of its side arrays (scales and outliers of fp8/int8 codes)."""
-        owner = self.owner
-        return {key: (self._decoder(segment, name),
+        """Per stream: the decoder of its chunks, and of its side arrays (scales and outliers of fp8/int8 codes);
+        made once per segment by `prefetch` on the reading thread, looked up by the pool's tasks."""
+        decoders = self.decoders.get(segment)
+        if decoders is None:
+            owner = self.owner
+            decoders = self.decoders[segment] = {
+                key: (self._decoder(segment, name),
                       [self._decoder(segment, side) for side in
                        side_names(*parse_activation_name(name), owner.store_as, owner.outliers)])
                 for key, name in owner.settings.streams}
+        return decoders
 
     def _decoder(self, segment: int, name: str) -> ChunkDecoder:
         """One array's decoder, kept by the dataset: zarr opens an array in more time than a few of its chunks
@@ -402,16 +426,18 @@ class _WindowReader:
         plan = self.owner.plan
         segment = int(plan.unit_segment[piece.unit])
         starts, stops, tokens = plan.unit_runs(piece.unit, piece.first, piece.stop)
-        dests = piece.dest + np.concatenate([[0], np.cumsum(stops - starts)])  # window rows (S order) of each run
+        lengths = stops - starts
+        begins = np.cumsum(lengths) - lengths  # each run's first row among the piece's rows (S order)
+        dest, count = piece.dest, piece.stop - piece.first
         place = window.place
-        for start, stop, token, dest in zip(starts, stops, tokens, dests, strict=False):
-            where = slice(dest, dest + stop - start) if place is None else place[dest:dest + stop - start]
-            window.tokens[where] = np.arange(token, token + stop - start)
+        # every run counts up from its first token
+        window.tokens[slice(dest, dest + count) if place is None else place[dest:dest + count]] = (
+            np.arange(count) + np.repeat(tokens - begins, lengths))
         spans: dict[int, list[_ChunkSpan]] = {}  # by chunk height: arrays of one height share the arithmetic
-        for key, (decoder, side_decoders) in self._decoders_of(segment).items():
+        for key, (decoder, side_decoders) in self.decoders[segment].items():
             rows, out = decoder.chunk_rows, window.rows[key]
             if rows not in spans:
-                spans[rows] = _chunk_spans(starts, stops, dests, rows)
+                spans[rows] = _chunk_spans(starts, stops, dest + begins, rows)
             for chunk, first, span, at, n, lo, hi in spans[rows]:
                 try:
                     sides = [side.rows(chunk) for side in side_decoders]  # first: planes() reuses a buffer
@@ -433,7 +459,10 @@ class _WindowReader:
                 out[slice(at, at + n) if place is None else place[at:at + n]] = values
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for window in self.windows.values():
+            window.cancel()
+        # tasks already running still write into their windows: wait for them before the buffers are reused
+        wait([future for window in self.windows.values() for future in window.pending])
         for window in self.windows.values():
             self._retire(window)
         self.windows.clear()
@@ -446,8 +475,13 @@ def _chunk_spans(starts: np.ndarray, stops: np.ndarray, dests: np.ndarray, rows:
     """For each chunk of `rows` rows under the segment-row runs [starts, stops): (chunk, first, span, at, n, lo, hi):
     the runs lie in its rows [first, first + span), `n` of them kept, bound for the window rows [at, at + n)
     (consecutive in S); `lo`, `hi`: the chunk rows of each run."""
+    first, last = int(starts[0]) // rows, (int(stops[-1]) - 1) // rows
+    if first == last:  # the runs lie in one chunk (arrays as tall as the unit: the usual case)
+        c0 = first * rows
+        return [(first, int(starts[0]) - c0, int(stops[-1] - starts[0]), int(dests[0]), int((stops - starts).sum()),
+                 starts - c0, stops - c0)]
     out = []
-    for chunk in range(int(starts[0]) // rows, (int(stops[-1]) - 1) // rows + 1):
+    for chunk in range(first, last + 1):
         c0, c1 = chunk * rows, (chunk + 1) * rows
         hit = np.flatnonzero((starts < c1) & (stops > c0))
         if len(hit):

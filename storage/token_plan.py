@@ -230,6 +230,8 @@ class TokenPlan:
         starts = np.maximum(self.iv_start[lo:hi], r0)
         stops = np.minimum(self.iv_stop[lo:hi], r1)
         tokens = self.iv_token[lo:hi] + (starts - self.iv_start[lo:hi])
+        if first == 0 and stop == self.unit_count[unit]:  # a whole unit (most pieces): nothing to cut
+            return starts, stops, tokens
         ends = np.cumsum(stops - starts)  # ordinal just past each run
         begins = ends - (stops - starts)
         keep = (ends > first) & (begins < stop)

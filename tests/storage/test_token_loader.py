@@ -94,6 +94,25 @@ def test_same_batches_for_any_number_of_workers_and_threads(cache: WrittenCache,
                 np.testing.assert_array_equal(mine[key], theirs[key])
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_one_dataset_read_in_process_stopped_early_then_by_forked_workers(cache: WrittenCache, shuffle: bool) -> None:
+    """The decoding threads outlive an iteration (epoch); a read stopped mid-window waits for its running tasks
+    before the window's memory is reused, and DataLoader workers forked from a process that already read start
+    their own threads (a forked pool has none: without that the workers would wait forever)."""
+    reference = _collect(open_cache(cache.path).tokens(shuffle=shuffle, threads=1, **SMALL))
+    ds = open_cache(cache.path).tokens(shuffle=shuffle, threads=2, **SMALL)
+    for stop in (3, 1, 7):  # stopped after a few batches, with later windows still decoding
+        for i, _ in enumerate(ds):
+            if i == stop:
+                break
+    ds.load_state_dict({**ds.state_dict(), "step": 0})  # start over
+    for got in (_collect(ds), _collect(DataLoader(ds, batch_size=None, num_workers=2, timeout=120)), _collect(ds)):
+        assert len(got) == len(reference) == 25
+        for mine, theirs in zip(got, reference, strict=True):
+            for key in theirs:
+                np.testing.assert_array_equal(mine[key], theirs[key])
+
+
 def _hold(batch: dict[str, torch.Tensor], views: bool) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
     """(a copy of the tokens now, what is kept: the batch itself, or views of its rows 3..39)"""
     kept = {k: v[3:40] for k, v in batch.items()} if views else batch
