@@ -84,8 +84,8 @@ def test_shuffle_mixes_documents_across_the_window(cache: WrittenCache) -> None:
 def test_same_batches_for_any_number_of_workers_and_threads(cache: WrittenCache, shuffle: bool) -> None:
     reader = open_cache(cache.path)
     reference = _collect(reader.tokens(shuffle=shuffle, epochs=2, threads=1, **SMALL))
-    for workers in (2, 3):
-        ds = reader.tokens(shuffle=shuffle, epochs=2, threads=2, **SMALL)
+    for workers, threads in ((2, 2), (3, 1)):  # one thread: a worker decodes on its own thread
+        ds = reader.tokens(shuffle=shuffle, epochs=2, threads=threads, **SMALL)
         got = _collect(DataLoader(ds, batch_size=None, num_workers=workers))
         assert len(got) == len(reference) == 50
         for mine, theirs in zip(got, reference, strict=True):
@@ -298,6 +298,11 @@ def test_a_missing_chunk_stops_the_read(cache: WrittenCache, tmp_path: Path) -> 
     victim.unlink()
     with pytest.raises(CorruptCacheError, match=r"missing.*documents unit-"):
         list(open_cache(path).tokens(shuffle=False, **SMALL))
+    for threads in (1, 2):  # a worker decoding on its own thread, or on a pool: the same error, in the main process
+        loader = DataLoader(open_cache(path).tokens(shuffle=False, threads=threads, **SMALL), batch_size=None,
+                            num_workers=2)
+        with pytest.raises(CorruptCacheError, match=r"missing.*documents unit-"):
+            list(loader)
 
 
 def test_stats_command_matches_numpy_over_the_whole_cache(cache: WrittenCache, tmp_path: Path) -> None:
