@@ -280,7 +280,8 @@ class CacheReader:
         `shuffle`: units of whole chunks in a seeded global permutation, then rows mixed within windows of
         `buffer_tokens` (memory is about three windows; larger mixes better). The order is the same for any
         number of DataLoader workers or decoding `threads` (default: the cores, split among the workers; a
-        shuffled read is served by worker 0 alone, since every batch of a window needs all of its units).
+        worker left with one decodes on its own thread; a shuffled read is served by worker 0 alone, since every
+        batch of a window needs all of its units).
         `rank`/`world_size` give each rank the same number of batches (at most world_size - 1 dropped, none
         repeated); `where` filters documents by label (as `pooled`); `positions` keeps token positions `k:` (an
         int) or a slice of each document; `dtype` is float32 or the stored dtype (the cache's, or bfloat16 for

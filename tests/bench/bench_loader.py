@@ -1,7 +1,7 @@
 """Benchmark: the token loader (`CacheReader.tokens`) against the codec's own decode limit, measured in the same run.
 
     .venv/bin/python tests/bench/bench_loader.py [--tokens 98304] [--width 576] [--batch 4096] [--epochs 3]
-        [--repeats 3]
+        [--repeats 5]
 
 Cache: one layer of `resid_post` and `attn_z` (float32, `--width` wide), written through `CacheWriter` from
 Gaussian rows with per-feature log-normal scales (outlier features, as real residuals have) in documents of 20 to
@@ -16,9 +16,10 @@ workers started: `persistent_workers=True`). "threads" are the loader's decoding
 process and its workers: on a shared machine wall-clock rates mostly measure the neighbours; "kernel share" is
 the part of that CPU time spent in the kernel (page faults on fresh memory, file reads). Rows with two threads or
 workers are compared both with the one-thread limit x 2 and with two decode-limit passes running at once (the
-limit of two cores measured together: on this 2-vCPU virtual machine they share more than x 2 assumes). Each row
-is the best of `--repeats` runs (by its rate over the limit measured right before it); "vs sequential" divides
-the shuffled row's tokens/s by the sequential row's above it.
+limit of two cores measured together: on this 2-vCPU virtual machine they share more than x 2 assumes). Every
+figure is the median over `--repeats` rounds; each round measures the limits, then the sequential read, then the
+shuffled one, and its ratios divide each read by the limits of its own round ("vs sequential": the shuffled read
+by the sequential one just before it), so that the machine's swings (+-30% within a minute here) hit both sides.
 Mixing: how often two rows of a batch come from the same document, divided by that rate under a perfect shuffle
 of the whole epoch (1.0 is perfect; it grows with cache tokens / window rows, so a big cache shows larger values).
 Peak memory is the RSS high-water mark above the RSS when the run starts (VmHWM, reset via /proc/self/clear_refs).
@@ -198,7 +199,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader run, after a warm-up one")
     parser.add_argument("--width", type=int, default=576)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per loader setting; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per loader setting; medians are reported")
     parser.add_argument("--buffers", default="8192,32768,131072", help="buffer_tokens values for the memory rows")
     args = parser.parse_args()
 
@@ -237,16 +238,18 @@ def main() -> int:
                         for shuffle in (False, True)]
                 pairs.append((*limit, together, *runs))
             for index, order in ((3, "sequential"), (4, "shuffled")):
-                best = max(pairs, key=lambda p: mb_s(p[index]) / p[2])
-                run = best[index]
-                per_cpu = run["tokens"] * token_bytes / run["cpu"] / 1e6
-                if index == 3:
-                    sequential = run
-                rows.append((label, order, f"{run['tokens'] / run['seconds']:,.0f}", f"{mb_s(run) / 1e3:.2f}",
-                             f"{mb_s(run) / (best[0] * parallel):.2f}x", f"{mb_s(run) / best[2]:.2f}x",
-                             f"{mb_s(run) / mb_s(sequential):.2f}x" if index == 4 else "1",
-                             f"{per_cpu:.0f} ({per_cpu / best[1]:.2f}x)", f"{run['kernel'] / run['cpu']:.0%}",
-                             f"{run['mixing']:.1f}"))
+                runs = [pair[index] for pair in pairs]
+                per_cpu = [run["tokens"] * token_bytes / run["cpu"] / 1e6 for run in runs]
+                kernel = [run["kernel"] / run["cpu"] for run in runs]
+                ratios = [(mb_s(pair[index]) / (pair[0] * parallel), mb_s(pair[index]) / pair[2],
+                           mb_s(pair[4]) / mb_s(pair[3]), cpu / pair[1])
+                          for pair, cpu in zip(pairs, per_cpu, strict=True)]
+                vs_limit, vs_together, vs_sequential, cpu_vs_limit = np.median(ratios, axis=0)
+                rate = float(np.median([run["tokens"] / run["seconds"] for run in runs]))
+                rows.append((label, order, f"{rate:,.0f}", f"{rate * token_bytes / 1e9:.2f}", f"{vs_limit:.2f}x",
+                             f"{vs_together:.2f}x", f"{vs_sequential:.2f}x" if index == 4 else "1",
+                             f"{np.median(per_cpu):.0f} ({cpu_vs_limit:.2f}x)", f"{np.median(kernel):.0%}",
+                             f"{runs[0]['mixing']:.1f}"))
                 print(" | ".join(rows[-1]), flush=True)
         print("\n| reader | order | tokens/s | GB/s (float32) | vs decode limit x parallel | vs that many decoders "
               "at once | vs sequential | MB per CPU s (vs limit) | kernel share of CPU | same-document pairs vs "
