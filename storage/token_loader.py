@@ -319,7 +319,7 @@ class _Window:
             self.place = np.empty_like(permutation)
             self.place[permutation] = np.arange(len(permutation))
         self.pending: list[Future[None]] = [pool.submit(fill, self, piece)
-                                             for piece in plan.window_pieces(order[1], order[0], window, slots)]
+                                            for piece in plan.window_pieces(order[1], order[0], window, slots)]
 
     def batch(self, local_slot: int) -> Batch:
         """Batch `local_slot` of the window: views of its buffers (in shared memory for a DataLoader worker, so
