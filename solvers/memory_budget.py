@@ -3,10 +3,12 @@ per-document workspace, the streaming accumulators and the subspace totals befor
 
 The budget covers what a solve holds, not the interpreters: Python, torch, zarr and the loaded libraries
 take about 310 MB per process (the driver and each Ray worker) whatever the cache size. The work buffers
-BLAS/LAPACK touch once kernels run at real sizes are counted (`RUNTIME_WORKSPACE`). With Ray workers, every
-task in flight holds its inputs in the object store, a copy in its worker and its workspace: the plan
-limits how many run at once (`MemoryPlan.in_flight`) so the bound holds for any worker count. Checked in
-tests/solvers/test_job_memory.py (peak RSS of the driver and every Ray process together).
+BLAS/LAPACK touch once kernels run at real sizes are counted (`RUNTIME_WORKSPACE`). With Ray workers, a task
+holds its inputs in the object store, a copy in its worker and its workspace, and a worker keeps most of that
+resident after the task (the object-store pages it mapped, its allocator's arenas): Ray may give successive
+tasks to different workers, so every worker is counted with one task's memory (measured: a worker that ran
+tasks stays up to 150 MB above its start for 96 MB tasks). Checked in tests/solvers/test_job_memory.py (peak
+RSS of the driver and every Ray process together).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ MIN_STREAM_BLOCK = 1 << 20
 # thread) and zarr's per-stream buffers: fixed, whatever the cache size, but part of what a solve holds
 RUNTIME_WORKSPACE = 24 << 20
 # What each Ray worker maps and touches the first time it decomposes, beyond its tasks' data: scipy.linalg and
-# its LAPACK (measured: 18.6 MB resident for the import, ~10 MB more for the first d = 1024 eigh's buffers)
-WORKER_RUNTIME = 32 << 20
+# its LAPACK (measured: 18.6 MB resident for the import, ~10 MB more for the first d = 1024 eigh's buffers),
+# and what a worker keeps beyond one task's bytes after running several (measured: up to 53 MB at d = 1024)
+WORKER_RUNTIME = 64 << 20
 STREAM_COPIES = 4  # the reader's window while it is extended, chunk buffers, the widened rows (measured 3.7x)
 SVD_COPIES = 6  # in float32 matrices: rows, float64 copy (2), centred, SVD factors, LAPACK workspace
 
@@ -45,7 +48,8 @@ def format_bytes(n: float) -> str:
 @dataclass(frozen=True)
 class MemoryPlan:
     """How one layer's pass spends the budget (bytes); `subspace` is what the projector totals may use,
-    `in_flight` how many Ray tasks may run at once (each holding `task` bytes)."""
+    `in_flight` how many Ray tasks may be submitted and unfinished at once (their inputs wait in the object
+    store), `task` what each worker may hold for one."""
 
     budget: int | None
     stream_block: int
@@ -82,11 +86,11 @@ def plan_memory(
     (vectors of finished layers). Fixed parts: the library workspace, the stream (about `STREAM_COPIES`
     blocks; the block is a twentieth of the budget), one document's matrices, the eigen-decomposition and
     projector flush temporaries, and T, which later subspace batches keep beside their own totals. With
-    `workers` > 1, each worker holds its libraries (`WORKER_RUNTIME`), T sits once more in the object store and
-    up to `in_flight` tasks of `task` bytes (`ray_task_bytes`) run at once: as many as fit beside the smallest
-    subspace totals, at least one. The
-    rest is for the subspace totals (`subspace`, handed to `subspace_batches`). A budget that the fixed
-    parts already exceed is an error naming the smallest budget that works.
+    `workers` > 1, each worker holds its libraries (`WORKER_RUNTIME`) and one task's `task` bytes
+    (`ray_task_bytes`: kept after the task, and Ray may spread tasks over every worker), and T sits once more in
+    the object store; every worker may then run a task at once (`in_flight`). The rest is for the subspace
+    totals (`subspace`, handed to `subspace_batches`). A budget that the fixed parts already exceed is an error
+    naming the smallest budget that works.
     """
     document = (SVD_COPIES if subspace else 2) * longest_document * width * 4  # float32 rows and what they cost
     square = width * width * 8
@@ -102,18 +106,21 @@ def plan_memory(
     libraries = RUNTIME_WORKSPACE + (workers * WORKER_RUNTIME if ray else 0)
     fixed = libraries + STREAM_COPIES * block + document + accumulators + eigen + kept + shared
     minimum_totals = 2 * square + width * 1024 * 4 if subspace else 0  # what subspace_batches needs at least
-    room = budget - fixed - minimum_totals
-    in_flight = min(workers, max(1, room // task)) if task else workers
-    fixed += in_flight * task
+    fixed += workers * task
     if fixed + minimum_totals > budget:
+        parts = ["the stream", "accumulators"] + (["subspace totals"] if subspace else []) + (
+            [f"{workers} Ray workers"] if ray else [])
         need = fixed + minimum_totals
         raise SolverInputError(
             f"--max-memory {format_bytes(budget)} is too small for width {width} and a longest document of "
-            f"{longest_document} tokens: the stream, accumulators"
-            f"{' and subspace totals' if subspace else ''} need about {format_bytes(need)}; raise it or "
-            f"solve fewer methods, poolings or concepts at once"
+            f"{longest_document} tokens: {_listed(parts)} need about {format_bytes(need)}; raise it or solve "
+            f"fewer methods, poolings or concepts at once{' (or use fewer --workers)' if ray else ''}"
         )
-    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed, in_flight, task)
+    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed, workers, task)
+
+
+def _listed(parts: list[str]) -> str:
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def pin_malloc_thresholds() -> bool:

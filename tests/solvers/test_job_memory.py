@@ -102,7 +102,7 @@ def test_max_memory_holds_on_a_cache_five_times_larger(large_cache, tmp_path):
     assert (tmp_path / "out" / "readout.safetensors").is_file()
 
 
-WORKERS_LIMIT = 320 * 2**20
+WORKERS_LIMIT = 544 * 2**20  # about the least this cache's plan accepts with two workers (515 MiB)
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,10 @@ def wide_cache(tmp_path_factory) -> Path:
 
 
 def test_max_memory_holds_with_ray_workers(wide_cache, tmp_path):
-    """Before the in-flight limit, every eigen task's 8 MiB total went to the object store at once and two
-    workers decomposed side by side: the tree's peak rose past the limit."""
+    """Both workers decompose, side by side or one after the other, and each keeps most of a task's memory
+    resident after it (its object-store pages, its allocator's arenas): the plan counts one task per worker.
+    Counting only the tasks in flight passed in local runs, where Ray gave every task to the same worker, and
+    failed in a fresh-clone CI run (338 of 320 MiB)."""
     solved = _peak(SOLVE_WITH_WORKERS, str(wide_cache), str(tmp_path / "out"), str(WORKERS_LIMIT), "2")
     used = solved["peak"] - solved["baseline"]
     print(f"{solved['processes']} processes ({solved['started']} started during the solve): baseline "
