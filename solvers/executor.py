@@ -2,8 +2,8 @@
 
 Ray starts only when asked (`workers > 1`): a solve of a small cache stays Ray-free and fast. Task
 functions are plain module-level functions of tensors, so both executors run the same code. The Ray
-executor keeps at most `in_flight` tasks submitted and unfinished, so their inputs (d x d totals, paired
-samples) never all sit in the object store at once: the memory plan sets that number from --max-memory.
+executor keeps at most one task per worker submitted and unfinished, so their inputs (d x d totals, paired
+samples) never all sit in the object store at once: the memory plan counts one task per worker.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Ray tasks on `workers` local CPUs, at most `in_flight` unfinished at once; large shared inputs
+    """Ray tasks on `workers` local CPUs, at most one per worker unfinished at once; large shared inputs
     (d x d totals) go to the object store once. `pin_malloc` applies the driver's malloc setting in the
     workers too (see memory_budget.pin_malloc_thresholds)."""
 
-    def __init__(self, workers: int, in_flight: int | None = None, pin_malloc: bool = False) -> None:
+    def __init__(self, workers: int, pin_malloc: bool = False) -> None:
         import ray
 
         self._ray = ray
@@ -48,7 +48,7 @@ class RayExecutor:
             ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         self._task = ray.remote(max_retries=1)(_run_task)
-        self._in_flight = max(1, in_flight or workers)
+        self._in_flight = workers
         self._pending: list[Any] = []
         self._pin_malloc = pin_malloc
 
@@ -56,7 +56,7 @@ class RayExecutor:
         return self._ray.put(value)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Submit `fn(*args)`, first waiting until fewer than `in_flight` tasks are unfinished."""
+        """Submit `fn(*args)`, first waiting until fewer tasks than workers are unfinished."""
         while len(self._pending) >= self._in_flight:
             _, self._pending = self._ray.wait(self._pending, num_returns=1)
         handle = self._task.remote(self._pin_malloc, fn, *args)
@@ -85,11 +85,11 @@ def _run_task(pin_malloc: bool, fn: Callable[..., Any], *args: Any) -> Any:
 Executor = LocalExecutor | RayExecutor
 
 
-def make_executor(workers: int, in_flight: int | None = None, pin_malloc: bool = False) -> Executor:
-    """A Ray executor for `workers` > 1 CPUs (at most `in_flight` tasks unfinished), else the in-process one."""
+def make_executor(workers: int, pin_malloc: bool = False) -> Executor:
+    """A Ray executor for `workers` > 1 CPUs (at most one task per worker unfinished), else the in-process one."""
     if workers < 1:
         raise SolverInputError(f"--workers {workers}: use 1 (in process) or more (Ray tasks)")
-    return RayExecutor(workers, in_flight, pin_malloc) if workers > 1 else LocalExecutor()
+    return RayExecutor(workers, pin_malloc) if workers > 1 else LocalExecutor()
 
 
 @contextmanager

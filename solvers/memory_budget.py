@@ -48,8 +48,7 @@ def format_bytes(n: float) -> str:
 @dataclass(frozen=True)
 class MemoryPlan:
     """How one layer's pass spends the budget (bytes); `subspace` is what the projector totals may use,
-    `in_flight` how many Ray tasks may be submitted and unfinished at once (their inputs wait in the object
-    store), `task` what each worker may hold for one."""
+    `task` what each Ray worker may hold for one task."""
 
     budget: int | None
     stream_block: int
@@ -57,12 +56,11 @@ class MemoryPlan:
     accumulators: int
     eigen: int
     subspace: int
-    in_flight: int = 1
     task: int = 0
 
     def to_dict(self) -> dict[str, int | None]:
         return {k: getattr(self, k) for k in ("budget", "stream_block", "document", "accumulators", "eigen",
-                                               "subspace", "in_flight", "task")}
+                                               "subspace", "task")}
 
 
 def ray_task_bytes(width: int, *, subspace: bool, pair_rows: int) -> int:
@@ -88,7 +86,7 @@ def plan_memory(
     projector flush temporaries, and T, which later subspace batches keep beside their own totals. With
     `workers` > 1, each worker holds its libraries (`WORKER_RUNTIME`) and one task's `task` bytes
     (`ray_task_bytes`: kept after the task, and Ray may spread tasks over every worker), and T sits once more in
-    the object store; every worker may then run a task at once (`in_flight`). The rest is for the subspace
+    the object store; every worker may then run a task at once. The rest is for the subspace
     totals (`subspace`, handed to `subspace_batches`). A budget that the fixed parts already exceed is an error
     naming the smallest budget that works.
     """
@@ -100,7 +98,7 @@ def plan_memory(
     # flush: the (d, 1024) buffer and its Gram in float32 and float64; T kept through later subspace batches
     eigen = ((0 if ray else 4 * square) + 2 * width * 1024 * 4 + 3 * square // 2 + square) if subspace else 0
     if budget is None:
-        return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62, workers, task)
+        return MemoryPlan(None, MAX_STREAM_BLOCK, document, accumulators, eigen, 1 << 62, task)
     block = max(MIN_STREAM_BLOCK, min(MAX_STREAM_BLOCK, budget // 20))
     shared = 2 * square if ray and subspace else 0  # T put once into the object store, mapped by driver and workers
     libraries = RUNTIME_WORKSPACE + (workers * WORKER_RUNTIME if ray else 0)
@@ -116,7 +114,7 @@ def plan_memory(
             f"{longest_document} tokens: {_listed(parts)} need about {format_bytes(need)}; raise it or solve "
             f"fewer methods, poolings or concepts at once{' (or use fewer --workers)' if ray else ''}"
         )
-    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed, workers, task)
+    return MemoryPlan(budget, block, document, accumulators, eigen, budget - fixed, task)
 
 
 def _listed(parts: list[str]) -> str:

@@ -174,7 +174,7 @@ def run_layers(run: RunPlan, each: Callable[[LayerVariants, Executor], T]) -> tu
     budgeted = settings.max_memory is not None
     if budgeted:
         pin_malloc_thresholds()
-    executor = make_executor(settings.workers, run.memory.in_flight, pin_malloc=budgeted)
+    executor = make_executor(settings.workers, pin_malloc=budgeted)
     out: dict[int, T] = {}
     shares: dict[int, dict[str, PositionShare]] = {}
     try:

@@ -111,6 +111,16 @@ def chunk_blobs(path: Path) -> list[bytes]:
     return [p.read_bytes()[:-4] for p in sorted(path.glob("segments/*/*/layer_0/c/*/0"))]
 
 
+def _unshuffle_words(words: np.ndarray, raw: np.ndarray) -> int:
+    """ChunkDecoder.unshuffle's shifts and ors over a whole chunk of 4-byte values (releases the GIL)."""
+    planes = raw.reshape(4, -1)
+    np.copyto(words, planes[3])
+    for byte in (2, 1, 0):
+        np.left_shift(words, 8, out=words)
+        np.bitwise_or(words, planes[byte], out=words)
+    return words.nbytes
+
+
 def decode_limit(blobs: list[bytes]) -> tuple[float, float]:
     """Decoded MB per wall second and per CPU second of one thread: zstd + unshuffle of every chunk into reused
     buffers (no page faults), one pass with each unshuffle (numcodecs', the loader's); the faster pass counts."""
@@ -119,16 +129,8 @@ def decode_limit(blobs: list[bytes]) -> tuple[float, float]:
     zstd, shuffle = Zstd(), Shuffle(elementsize=4)
     raw = np.empty(len(zstd.decode(blobs[0])), np.uint8)
     words = np.empty(len(raw) // 4, np.uint32)
-
-    def loaders_unshuffle(planes: np.ndarray) -> int:  # ChunkDecoder.unshuffle's shifts and ors, whole chunk
-        np.copyto(words, planes[3])
-        for byte in (2, 1, 0):
-            np.left_shift(words, 8, out=words)
-            np.bitwise_or(words, planes[byte], out=words)
-        return words.nbytes
-
     passes = []
-    for unshuffle in (lambda r: len(shuffle.decode(r, out=words)), lambda r: loaders_unshuffle(r.reshape(4, -1))):
+    for unshuffle in (lambda r: len(shuffle.decode(r, out=words)), lambda r: _unshuffle_words(words, r)):
         start, start_cpu = time.perf_counter(), _cpu_seconds()
         decoded = sum(unshuffle(zstd.decode(b, out=raw)) for b in blobs)
         passes.append((decoded / (time.perf_counter() - start) / 1e6, decoded / (_cpu_seconds() - start_cpu) / 1e6))
@@ -146,14 +148,9 @@ def concurrent_limit(blobs: list[bytes], threads: int) -> float:
 
     def decode_all() -> None:
         zstd, raw, words = Zstd(), np.empty(size, np.uint8), np.empty(size // 4, np.uint32)
-        planes = raw.reshape(4, -1)
         barrier.wait()
         for blob in blobs:
-            zstd.decode(blob, out=raw)
-            np.copyto(words, planes[3])
-            for byte in (2, 1, 0):
-                np.left_shift(words, 8, out=words)
-                np.bitwise_or(words, planes[byte], out=words)
+            _unshuffle_words(words, zstd.decode(blob, out=raw))
 
     with ThreadPoolExecutor(threads) as pool:
         start = time.perf_counter()
