@@ -9,20 +9,16 @@ the next window and by the dataset's next iteration (epoch): the kernel zeroes a
 decoding fills it. A window that a batch the caller still holds views is never reused (it costs a fresh one
 instead). DataLoader workers take turns on a sequential read; a shuffled one is served by worker 0 alone (see
 __iter__). A worker decodes into shared memory that the main process maps without a copy, and reuses a window's
-buffer once the main process has let go of every batch (and view of one) from it (`_Handout`).
+buffer once the main process has let go of every batch (and view of one) from it (window_memory.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +34,7 @@ from .layout import parse_activation_name, segment_path
 from .lossy import decode, side_names
 from .pooled import select_documents
 from .token_plan import LoaderSettings, LoaderSettingsError, Piece, TokenPlan
+from .window_memory import SHARABLE, Drain, WindowMemory
 
 if TYPE_CHECKING:
     from .backends import StorageBackend
@@ -86,13 +83,14 @@ class TokenDataset(IterableDataset[Batch]):
         self._step = 0  # the next batch of this reader's stream (counted over all epochs)
         self._stride = 1  # how many readers share the stream (DataLoader workers) when `_step` was recorded
         self._spare: list[_Buffers] = []  # retired windows' buffers: the next window and the next epoch reuse them
+        self._drain = Drain()  # a worker's window memory no longer reused, open while the main process needs it
         self._decoders: dict[str, ChunkDecoder] = {}  # by array key: opening an array costs more than a chunk
         self._pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, decoding threads)
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled copy (a DataLoader worker started by spawn) leaves the spare buffers, the decoders and the
         decoding threads behind."""
-        return {**self.__dict__, "_spare": [], "_decoders": {}, "_pool": None}
+        return {**self.__dict__, "_spare": [], "_drain": Drain(), "_decoders": {}, "_pool": None}
 
     def _decoding_pool(self, threads: int, worker: bool) -> Executor:
         """The decoding threads, kept across iterations (epochs): a new thread faults in fresh scratch buffers
@@ -174,13 +172,13 @@ class TokenDataset(IterableDataset[Batch]):
         if start >= len(self):
             start = worker  # a finished run starts over
         threads = self.threads or max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1) // workers)
-        return self._batches(start, workers, threads, shared=info is not None)
+        return self._batches(start, workers, threads, worker=info is not None)
 
-    def _batches(self, start: int, stride: int, threads: int, shared: bool) -> Iterator[Batch]:
+    def _batches(self, start: int, stride: int, threads: int, worker: bool) -> Iterator[Batch]:
         plan = self.plan
         # a sequential read permutes nothing: workers taking turns decode only the units of their own batches
         slots = self.settings.window_slots if self.settings.shuffle or stride == 1 else 1
-        reader = _WindowReader(self, threads, slots, shared)
+        reader = _WindowReader(self, threads, slots, worker)
         try:
             for step in range(start, len(self), stride):
                 epoch, slot = plan.slot_of(step)
@@ -232,71 +230,11 @@ class _InlineExecutor(Executor):
 
 @dataclass(frozen=True)
 class _Buffers:
-    """A window's memory: one array per stream, then token_index; `shared` (DataLoader workers only): the same
-    memory as torch shared memory, and which of its batches the main process may still hold."""
+    """A window's memory: one array per stream, then token_index; `shared` (DataLoader workers only): the memory
+    they lie in, which the main process maps, and which of its batches it may still hold."""
 
     arrays: list[np.ndarray]
-    shared: _Handout | None = None
-
-
-class _Handout:
-    """A DataLoader worker's window in shared memory, and which of its batches the main process may still hold.
-
-    The worker records a generation number for each batch it hands out; the main process writes that number into
-    `released` (shared memory) once the batch and every view of it are gone (`_receive_batch`). The worker reuses
-    the buffer only when every batch it handed out is released, so a batch the caller keeps is never overwritten:
-    it costs a fresh buffer instead (whose pages the kernel must zero: about as much time as decoding into them).
-    """
-
-    def __init__(self, tensors: list[torch.Tensor], released: torch.Tensor) -> None:
-        self.tensors = tensors  # the window's arrays (then token_index) in shared memory
-        self.released = released.fill_(-1)  # [batch slots] in the same shared memory
-        self.issued: dict[int, int] = {}  # batch slot -> generation handed out
-        self._generations = itertools.count()
-
-    def issue(self, slot: int) -> tuple[torch.Tensor, int, int]:
-        generation = next(self._generations)
-        self.issued[slot] = generation
-        return self.released, slot, generation
-
-    def all_released(self) -> bool:
-        released = self.released.numpy()
-        return all(int(released[slot]) == generation for slot, generation in self.issued.items())
-
-
-class _HandedOut(dict):  # type: ignore[type-arg]
-    """A worker's batch: the DataLoader's pickler (ForkingPickler) sends it as tensors that tell the worker when
-    the main process has let go of them (`_receive_batch`)."""
-
-    handout: tuple[torch.Tensor, int, int]
-
-
-def _send_batch(batch: _HandedOut) -> tuple[Callable[..., Batch], tuple[Any, ...]]:
-    return _receive_batch, (dict(batch), *batch.handout)
-
-
-ForkingPickler.register(_HandedOut, _send_batch)
-
-
-def _receive_batch(tensors: Batch, released: torch.Tensor, slot: int, generation: int) -> Batch:
-    """(main process) A worker's batch, as tensors over the worker's shared memory that write `generation` into
-    `released[slot]` once the last view of any of them is gone (tensors from `torch.from_numpy` keep their
-    array, the one watched, alive; every view of them shares it)."""
-    flags, pending, lock = released.numpy(), [len(tensors)], threading.Lock()
-
-    def release() -> None:
-        with lock:
-            pending[0] -= 1
-            if pending[0] == 0:
-                flags[slot] = generation
-
-    batch = {}
-    for key, tensor in tensors.items():
-        bf16 = tensor.dtype == torch.bfloat16
-        array = (tensor.view(torch.int16) if bf16 else tensor).numpy()
-        weakref.finalize(array, release).atexit = False
-        batch[key] = torch.from_numpy(array).view(torch.bfloat16) if bf16 else torch.from_numpy(array)
-    return batch
+    shared: WindowMemory | None = None
 
 
 class _Window:
@@ -323,7 +261,7 @@ class _Window:
 
     def batch(self, local_slot: int) -> Batch:
         """Batch `local_slot` of the window: views of its buffers (in shared memory for a DataLoader worker, so
-        that handing a batch to the main process copies nothing)."""
+        that handing a batch to the main process copies nothing, unless rows are widened to float32)."""
         if self.pending:
             wait(self.pending)  # one wake-up for the window, not one per task
             for future in self.pending:
@@ -331,17 +269,10 @@ class _Window:
             self.pending = []
         size = self.owner.settings.batch_size
         lo, hi = local_slot * size, min((local_slot + 1) * size, len(self.tokens))
-        shared = self.buffers.shared
-        if shared is None:
-            return self.owner.batch_tensors({key: values[lo:hi] for key, values in self.rows.items()},
-                                            self.tokens[lo:hi])
-        *rows, tokens = shared.tensors
-        widen = self.owner.settings.dtype == "float32"
-        batch = _HandedOut({key: t[lo:hi].float() if widen else t[lo:hi]
-                            for (key, _), t in zip(self.owner.settings.streams, rows, strict=False)})
-        batch["token_index"] = tokens[lo:hi]
-        batch.handout = shared.issue(local_slot)
-        return batch
+        batch = self.owner.batch_tensors({key: values[lo:hi] for key, values in self.rows.items()},
+                                         self.tokens[lo:hi])
+        memory = self.buffers.shared
+        return batch if memory is None else memory.hand_out(batch, local_slot)
 
     def cancel(self) -> None:
         for future in self.pending:
@@ -351,11 +282,11 @@ class _Window:
 class _WindowReader:
     """The windows one reader holds (the current one and the next), the decoders and the decoding threads."""
 
-    def __init__(self, owner: TokenDataset, threads: int, slots: int, shared: bool) -> None:
+    def __init__(self, owner: TokenDataset, threads: int, slots: int, worker: bool) -> None:
         self.owner = owner
         self.slots = slots
-        self.shared = shared
-        self.pool = owner._decoding_pool(threads, worker=shared)
+        self.shared = worker and SHARABLE  # decode into memory the main process maps (window_memory.py)
+        self.pool = owner._decoding_pool(threads, worker=worker)
         self.ahead = not isinstance(self.pool, _InlineExecutor)  # decode the next window while this one is served
         self.windows: dict[tuple[int, int], _Window] = {}
         self.orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -373,7 +304,11 @@ class _WindowReader:
     def _retire(self, window: _Window) -> None:
         window.cancel()
         kept = max(SPARE_WINDOWS, -(-SPARE_BATCHES // self.slots))
-        self.owner._spare[:] = [window.buffers, *self.owner._spare][:kept]
+        spare = [window.buffers, *self.owner._spare]
+        self.owner._spare[:] = spare[:kept]
+        for dropped in spare[kept:]:
+            if dropped.shared is not None:
+                self.owner._drain.add(dropped.shared)
 
     def _buffers(self) -> _Buffers:
         """Buffers for a window: a retired window's once no batch views them any more, else fresh ones.
@@ -381,26 +316,24 @@ class _WindowReader:
         Fresh pages cost the kernel about as much time to zero as decoding takes to fill them (measured: 0.7-2.8
         ms per MB here, the higher figure when it compacts memory for huge pages), so buffers are reused, across
         iterations too (the dataset keeps them); one that a batch the caller still holds views (its refcount says
-        so) is left alone. A DataLoader worker's buffers are torch shared memory, reused once the main process has
-        released every batch handed out from them (`_Handout`).
+        so) is left alone. A DataLoader worker's buffers are shared memory, reused once the main process has
+        released every batch handed out from them (window_memory.py).
         """
         rows = self.slots * self.owner.settings.batch_size
         for i, spare in enumerate(self.owner._spare):
-            # references: the list, `b` and getrefcount's argument; none from a batch the caller still holds
-            if len(spare.arrays[-1]) == rows and all(sys.getrefcount(b) <= 3 for b in spare.arrays) and (
-                    spare.shared is None or spare.shared.all_released()):
+            if len(spare.arrays[-1]) == rows and (
+                    # references: the list, `b` and getrefcount's argument; none from a batch the caller still holds
+                    all(sys.getrefcount(b) <= 3 for b in spare.arrays) if spare.shared is None
+                    else spare.shared.all_released()):
                 if spare.shared is not None:
-                    spare.shared.issued.clear()
+                    spare.shared.reuse()
                 return self.owner._spare.pop(i)
-        shapes = [(rows, self.owner._widths[key]) for key, _ in self.owner.settings.streams]
-        stored = storage_dtype(self.owner._cache_dtype)
+        specs = [((rows, self.owner._widths[key]), storage_dtype(self.owner._cache_dtype))
+                 for key, _ in self.owner.settings.streams] + [((rows,), np.dtype(np.int64))]
         if not self.shared:
-            return _Buffers([np.empty(shape, stored) for shape in shapes] + [np.empty(rows, np.int64)])
-        dtype = to_torch(np.empty(0, stored), self.owner._cache_dtype).dtype
-        *tensors, released = _shared_tensors([(shape, dtype) for shape in shapes]
-                                             + [((rows,), torch.int64), ((self.slots,), torch.int64)])
-        arrays = [(t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().view(stored) for t in tensors[:-1]]
-        return _Buffers([*arrays, tensors[-1].numpy()], _Handout(tensors, released))
+            return _Buffers([np.empty(shape, dtype) for shape, dtype in specs])
+        memory = WindowMemory(specs, self.slots)
+        return _Buffers(memory.arrays, memory)
 
     def prefetch(self, epoch: int, window: int) -> None:
         if (epoch, window) in self.windows:
@@ -506,20 +439,6 @@ def _chunk_spans(starts: np.ndarray, stops: np.ndarray, dests: np.ndarray, rows:
             out.append((chunk, int(lo[0]), int(hi[-1] - lo[0]), int(dests[hit[0]] + c0 + lo[0] - starts[hit[0]]),
                         int((hi - lo).sum()), lo, hi))
     return out
-
-
-def _shared_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
-    """Uninitialised tensors (C order) in one shared-memory allocation: a batch sent to the main process then
-    carries one file descriptor, not one per tensor (torch passes each through a connection to the worker)."""
-    itemsizes = [torch.empty(0, dtype=dtype).element_size() for _, dtype in specs]
-    sizes = [int(np.prod(shape)) * itemsize for (shape, _), itemsize in zip(specs, itemsizes, strict=True)]
-    starts = np.concatenate([[0], np.cumsum([-(-n // 64) * 64 for n in sizes])]).tolist()  # 64-byte aligned
-    storage = torch.UntypedStorage._new_shared(starts[-1])
-    tensors = []
-    for (shape, dtype), itemsize, start in zip(specs, itemsizes, starts, strict=False):
-        strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))  # C order
-        tensors.append(torch.empty(0, dtype=dtype).set_(storage, start // itemsize, shape, strides))
-    return tensors
 
 
 def _documents_at(record: CommitRecord, start: int, stop: int) -> str:

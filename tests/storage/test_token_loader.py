@@ -3,6 +3,7 @@ order for any number of workers, disjoint rank shards, filters, and exact resump
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +82,21 @@ def test_shuffle_mixes_documents_across_the_window(cache: WrittenCache) -> None:
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_same_batches_for_any_number_of_workers_and_threads(cache: WrittenCache, shuffle: bool) -> None:
+@pytest.mark.parametrize("sharable", [True, False], ids=["memfd", "torch-shared-memory"])
+def test_same_batches_for_any_number_of_workers_and_threads(cache: WrittenCache, shuffle: bool, sharable: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers decode into memory the main process maps (Linux), or, without memfd, hand out plain tensors that
+    torch copies: the same batches either way."""
+    monkeypatch.setattr("actcache.storage.token_loader.SHARABLE", sharable)  # forked workers inherit it
     reader = open_cache(cache.path)
     reference = _collect(reader.tokens(shuffle=shuffle, epochs=2, threads=1, **SMALL))
     for workers, threads in ((2, 2), (3, 1)):  # one thread: a worker decodes on its own thread
         ds = reader.tokens(shuffle=shuffle, epochs=2, threads=threads, **SMALL)
-        got = _collect(DataLoader(ds, batch_size=None, num_workers=workers))
+        loader = DataLoader(ds, batch_size=None, num_workers=workers)
+        got = [{k: v.numpy() for k, v in batch.items()} | {"in": _shared_object(batch["resid_post.1"])[1]}
+               for batch in loader]
+        assert all(batch.pop("in").startswith("/memfd:actcache-window " if sharable else "/dev/shm/torch_")
+                   for batch in got)
         assert len(got) == len(reference) == 50
         for mine, theirs in zip(got, reference, strict=True):
             assert mine.keys() == theirs.keys()
@@ -142,14 +152,15 @@ def test_batches_kept_across_epochs_are_never_overwritten(cache: WrittenCache, s
         _kept_rows_are_intact(expected, tokens, kept)
 
 
-def _shared_object(tensor: torch.Tensor) -> int:
-    """The inode of the shared-memory object a tensor received from a DataLoader worker lies in (/proc/self/maps)."""
+def _shared_object(tensor: torch.Tensor) -> tuple[int, str]:
+    """(inode, name) of the shared-memory object a tensor received from a DataLoader worker lies in
+    (/proc/self/maps)."""
     address = tensor.data_ptr()
     for line in Path("/proc/self/maps").read_text().splitlines():
-        span, _, _, _, inode, *_ = line.split()
+        span, _, _, _, inode, *name = line.split()
         lo, hi = (int(a, 16) for a in span.split("-"))
         if lo <= address < hi:
-            return int(inode)
+            return int(inode), " ".join(name)
     raise AssertionError(f"no mapping holds address {address:#x}")
 
 
@@ -165,7 +176,7 @@ def test_workers_reuse_shared_memory_but_never_under_a_batch_still_held(cache: W
     buffers, windows = [], []
     for epoch in range(3):
         for i, batch in enumerate(loader):
-            buffers.append(_shared_object(batch["token_index"]))
+            buffers.append(_shared_object(batch["token_index"])[0])
             windows.append((epoch, i // slots))
             if i % 5 == 0:
                 held.append((len(buffers) - 1, *_hold(batch, views=i % 10 == 5)))
@@ -175,6 +186,23 @@ def test_workers_reuse_shared_memory_but_never_under_a_batch_still_held(cache: W
         later = {w for b, w in zip(buffers[number:], windows[number:], strict=True) if b == buffers[number]}
         assert later == {windows[number]}  # ...but never for another window while a batch or a view is held
         _kept_rows_are_intact(expected, tokens, kept)
+
+
+def test_batches_queued_beyond_the_spare_windows_keep_their_memory(cache: WrittenCache) -> None:
+    """Workers far ahead of the main process (a deep prefetch) retire windows whose batches are still queued: the
+    memory stays open until the main process has taken and released them, so every batch arrives intact."""
+    expected = _expected(cache)
+    ds = open_cache(cache.path).tokens(shuffle=False, epochs=2, **SMALL)
+    batches = iter(DataLoader(ds, batch_size=None, num_workers=2, prefetch_factor=30, timeout=120))
+    first = next(batches)
+    time.sleep(1.0)  # the workers decode their remaining 24 batches each, one window apiece, 8 kept for reuse
+    got = [first, *batches]
+    assert len(got) == 50
+    for batch in got:
+        tokens = batch["token_index"].numpy()
+        for key, rows in expected.items():
+            np.testing.assert_array_equal(batch[key].numpy(), rows[tokens])
+    assert sorted(np.concatenate([b["token_index"].numpy() for b in got]).tolist()) == sorted(2 * list(range(2401)))
 
 
 def test_ranks_get_disjoint_equal_shards(cache: WrittenCache) -> None:
