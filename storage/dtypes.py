@@ -63,11 +63,18 @@ def to_storage(values: Any, dtype: str) -> np.ndarray:
     return array
 
 
-def widen_to_float32(stored: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored bits -> float32, exactly (bf16 and fp16 widen without rounding; int16 ids too)."""
+def widen_to_float32(stored: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored bits -> float32, exactly (bf16 and fp16 widen without rounding; int16 ids too); into `out` (float32,
+    the same shape) if given, with no temporary."""
+    if out is None:
+        if _check(dtype) == "bfloat16":
+            return (stored.astype(np.uint32) << 16).view(np.float32)
+        return stored.astype(np.float32, copy=False)
     if _check(dtype) == "bfloat16":
-        return (stored.astype(np.uint32) << 16).view(np.float32)
-    return stored.astype(np.float32, copy=False)
+        np.left_shift(stored, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(out, stored)
+    return out
 
 
 def to_torch(stored: np.ndarray, dtype: str) -> torch.Tensor:

@@ -69,6 +69,10 @@ class TokenDataset(IterableDataset[Batch]):
         self.settings = settings
         self.threads = threads
         self._cache_dtype = cache_dtype  # the dtype rows are held in: the stored one, float32 for scaled codes
+        # bf16/fp16 rows read as float32 are widened as they are decoded, on the decoding threads, into float32
+        # windows: widening each batch on the reading thread cost a fresh array per batch, and a DataLoader
+        # worker's batch then left its shared memory (torch copied it): 3.7x slower with 2 workers
+        self._widen = settings.dtype == "float32" and cache_dtype != "float32"
         self.store_as = store_as  # fp8/int8: chunks hold codes, decoded with their side arrays (storage/lossy.py)
         self.outliers = outliers  # fp8/int8: the cache's `capture.outliers`, which names those side arrays
         self._widths = {key: widths[name.split("/")[0]] for key, name in settings.streams}
@@ -205,13 +209,9 @@ class TokenDataset(IterableDataset[Batch]):
         return epoch, slot // slots
 
     def batch_tensors(self, rows: dict[str, np.ndarray], tokens: np.ndarray) -> Batch:
-        """Stored rows -> tensors in the requested dtype (float32 widens bf16/fp16 exactly)."""
-        out: Batch = {}
-        for key, stored in rows.items():
-            if self.settings.dtype == "float32":
-                out[key] = torch.from_numpy(widen_to_float32(stored, self._cache_dtype))
-            else:
-                out[key] = to_torch(stored, self._cache_dtype)
+        """Window rows (already widened to float32, or the stored bits) -> tensors over the same memory."""
+        out: Batch = {key: torch.from_numpy(values) if self._widen else to_torch(values, self._cache_dtype)
+                      for key, values in rows.items()}
         out["token_index"] = torch.from_numpy(tokens)
         return out
 
@@ -328,7 +328,8 @@ class _WindowReader:
                 if spare.shared is not None:
                     spare.shared.reuse()
                 return self.owner._spare.pop(i)
-        specs = [((rows, self.owner._widths[key]), storage_dtype(self.owner._cache_dtype))
+        held = np.dtype(np.float32) if self.owner._widen else storage_dtype(self.owner._cache_dtype)
+        specs = [((rows, self.owner._widths[key]), held)
                  for key, _ in self.owner.settings.streams] + [((rows,), np.dtype(np.int64))]
         if not self.shared:
             return _Buffers([np.empty(shape, dtype) for shape, dtype in specs])
@@ -380,6 +381,7 @@ class _WindowReader:
         begins = np.cumsum(lengths) - lengths  # each run's first row among the piece's rows (S order)
         dest, count = piece.dest, piece.stop - piece.first
         place = window.place
+        widen = self.owner._cache_dtype if self.owner._widen else None  # rows are held as float32
         # every run counts up from its first token
         window.tokens[slice(dest, dest + count) if place is None else place[dest:dest + count]] = (
             np.arange(count) + np.repeat(tokens - begins, lengths))
@@ -396,7 +398,11 @@ class _WindowReader:
                     documents = _documents_at(plan.records[segment], chunk * rows, (chunk + 1) * rows)
                     raise CorruptCacheError(f"{error} (documents {documents})") from None
                 if place is None and not sides and n == span:  # straight into the window
-                    decoder.unshuffle(planes, first, first + span, out[at:at + n])
+                    if widen is None:
+                        decoder.unshuffle(planes, first, first + span, out[at:at + n])
+                    else:
+                        widen_to_float32(decoder.unshuffle_staged(planes, first, first + span), widen,
+                                         out=out[at:at + n])
                     continue
                 # decode the runs' span once, keep their rows (lossy codes decoded), put them in their places
                 values = decoder.unshuffle_staged(planes, first, first + span)
@@ -406,6 +412,8 @@ class _WindowReader:
                     values = values[kept - first]
                 if sides:
                     values = decode(values, [side[kept] for side in sides], self.owner.store_as)
+                if widen is not None:
+                    values = widen_to_float32(values, widen)
                 out[slice(at, at + n) if place is None else place[at:at + n]] = values
 
     def close(self) -> None:

@@ -16,7 +16,8 @@ workers started: `persistent_workers=True`). "threads" are the loader's decoding
 process and its workers: on a shared machine wall-clock rates mostly measure the neighbours; "kernel share" is
 the part of that CPU time spent in the kernel (page faults on fresh memory, file reads). Rows with two threads or
 workers are compared both with the one-thread limit x 2 and with two decode-limit passes running at once (the
-limit of two cores measured together: on this 2-vCPU virtual machine they share more than x 2 assumes). Every
+limit of two cores measured together: on this 2-vCPU virtual machine they share more than x 2 assumes), as two
+threads for the threads row and as two processes for the workers row (two processes decode less together). Every
 figure is the median over `--repeats` rounds; each round measures the limits, then the sequential read, then the
 shuffled one, and its ratios divide each read by the limits of its own round ("vs sequential": the shuffled read
 by the sequential one just before it), so that the machine's swings (+-30% within a minute here) hit both sides.
@@ -28,6 +29,7 @@ Peak memory is the RSS high-water mark above the RSS when the run starts (VmHWM,
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import resource
@@ -137,26 +139,47 @@ def decode_limit(blobs: list[bytes]) -> tuple[float, float]:
     return max(passes)
 
 
-def concurrent_limit(blobs: list[bytes], threads: int) -> float:
-    """Decoded MB per wall second of `threads` decode-limit passes (zstd + the loader's unshuffle, which release
-    the GIL) running at once, each over every chunk with its own buffers: what that many cores decode together
-    here. Cores of a virtual machine share more than a limit x N assumes (caches, the host's sibling threads)."""
+def _decode_all(blobs: list[bytes], size: int, barrier: threading.Barrier) -> tuple[float, float]:
+    """One decode-limit pass (zstd + the loader's unshuffle, which release the GIL) over every chunk, with its own
+    buffers, started with the others at `barrier`: (start, finish) on the monotonic clock every process shares."""
+    from numcodecs import Zstd
+
+    zstd, raw, words = Zstd(), np.empty(size, np.uint8), np.empty(size // 4, np.uint32)
+    barrier.wait()
+    start = time.perf_counter()
+    for blob in blobs:
+        _unshuffle_words(words, zstd.decode(blob, out=raw))
+    return start, time.perf_counter()
+
+
+def _decode_all_to(queue: multiprocessing.Queue, *args: object) -> None:
+    queue.put(_decode_all(*args))
+
+
+def concurrent_limit(blobs: list[bytes], parallel: int, processes: bool = False) -> float:
+    """Decoded MB per wall second of `parallel` decode-limit passes running at once, as threads of one process or
+    as forked processes (what the loader's threads or DataLoader workers could reach together here; two processes
+    decode less together than two threads on this machine). Cores of a virtual machine share more than a limit x N
+    assumes (caches, the host's sibling threads)."""
     from numcodecs import Zstd
 
     size = len(Zstd().decode(blobs[0]))
-    barrier = threading.Barrier(threads)
-
-    def decode_all() -> None:
-        zstd, raw, words = Zstd(), np.empty(size, np.uint8), np.empty(size // 4, np.uint32)
-        barrier.wait()
-        for blob in blobs:
-            _unshuffle_words(words, zstd.decode(blob, out=raw))
-
-    with ThreadPoolExecutor(threads) as pool:
-        start = time.perf_counter()
-        for future in [pool.submit(decode_all) for _ in range(threads)]:
-            future.result()
-        return threads * len(blobs) * size / (time.perf_counter() - start) / 1e6
+    if processes:
+        context = multiprocessing.get_context("fork")
+        barrier, queue = context.Barrier(parallel), context.Queue()
+        children = [context.Process(target=_decode_all_to, args=(queue, blobs, size, barrier))
+                    for _ in range(parallel)]
+        for child in children:
+            child.start()
+        spans = [queue.get() for _ in children]
+        for child in children:
+            child.join()
+    else:
+        barrier = threading.Barrier(parallel)
+        with ThreadPoolExecutor(parallel) as pool:
+            spans = list(pool.map(lambda _: _decode_all(blobs, size, barrier), range(parallel)))
+    seconds = max(finish for _, finish in spans) - min(start for start, _ in spans)
+    return parallel * len(blobs) * size / seconds / 1e6
 
 
 def run_loader(path: Path, *, shuffle: bool, threads: int | None = 1, workers: int = 0, batch: int = 4096,
@@ -230,7 +253,7 @@ def main() -> int:
             pairs = []  # (limit wall, limit cpu, N at once, sequential run, shuffled run), interleaved against load
             for _ in range(args.repeats):
                 limit = decode_limit(blobs)
-                together = limit[0] if parallel == 1 else concurrent_limit(blobs, parallel)
+                together = limit[0] if parallel == 1 else concurrent_limit(blobs, parallel, "workers" in kwargs)
                 runs = [run_loader(path, shuffle=shuffle, batch=args.batch, epochs=args.epochs, **kwargs)
                         for shuffle in (False, True)]
                 pairs.append((*limit, together, *runs))

@@ -47,6 +47,8 @@ def write_unit(writer: CacheWriter, unit_id: str, lengths: list[int], rng: np.ra
             if fp.dtype == "bfloat16":
                 rows = rng.integers(0, 1 << 16, (total, fp.widths[hook])).astype(np.uint16)
                 rows[(rows & 0x7F80) == 0x7F80] = 0  # no NaN/inf bit patterns
+            elif fp.dtype == "float16":
+                rows = rows.astype(np.float16)
             for start in range(0, total, rows_per_append):
                 seg_writer.append(activation_name(hook, layer), rows[start:start + rows_per_append])
             offset = 0

@@ -299,22 +299,33 @@ def test_a_state_from_other_settings_is_refused(cache: WrittenCache) -> None:
         reader.tokens(rank=0, world_size=30, **SMALL)
 
 
-def test_bfloat16_cache_reads_as_float32_or_its_own_bits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_cache_reads_as_float32_or_its_own_bits(tmp_path: Path, dtype: str) -> None:
+    """Rows read as float32 are torch's own widening of the stored bits, in storage order and shuffled (the
+    decoding tasks widen them into the window), in-process and from DataLoader workers, which hand over the
+    widened rows, like the stored bits, as views of their shared window memory."""
     rng = np.random.default_rng(7)
-    out = WrittenCache(tmp_path / "bf16", [], {}, {})
-    write_unit(CacheWriter.open(out.path, make_fingerprint("bfloat16")), "u", [300, 7], rng, out)
+    out = WrittenCache(tmp_path / dtype, [], {}, {})
+    write_unit(CacheWriter.open(out.path, make_fingerprint(dtype)), "u", [300, 7], rng, out)
     reader = open_cache(out.path)
-    wide = next(iter(reader.tokens(hooks=["resid_post"], layers=[1], batch_size=307, shuffle=False)))
-    bits = next(iter(reader.tokens(hooks=["resid_post"], layers=[1], batch_size=307, shuffle=False,
-                                   dtype="bfloat16")))
-    assert bits["resid_post.1"].dtype == torch.bfloat16
-    stored = np.concatenate([out.values[("resid_post", 1, k)] for k in ("u-doc0", "u-doc1")])
-    np.testing.assert_array_equal(bits["resid_post.1"].view(torch.int16).numpy(), stored.view(np.int16))
-    np.testing.assert_array_equal(wide["resid_post.1"].numpy(), bits["resid_post.1"].float().numpy())
-    for dtype in ("bfloat16", "float32"):  # DataLoader workers hand over views of shared memory
-        ds = reader.tokens(batch_size=50, shuffle=False, dtype=dtype)
-        mine = list(DataLoader(ds, batch_size=None, num_workers=2))
-        assert len(mine) == 7 and all(torch.equal(a[k], b[k]) for a, b in zip(mine, ds, strict=True) for k in a)
+    bits = next(iter(reader.tokens(hooks=["resid_post"], layers=[1], batch_size=307, shuffle=False, dtype=dtype)))
+    assert bits["resid_post.1"].dtype == getattr(torch, dtype)
+    if dtype == "bfloat16":
+        stored = np.concatenate([out.values[("resid_post", 1, k)] for k in ("u-doc0", "u-doc1")])
+        np.testing.assert_array_equal(bits["resid_post.1"].view(torch.int16).numpy(), stored.view(np.int16))
+    for shuffle in (False, True):
+        settings = {"batch_size": 50, "buffer_tokens": 150, "shuffle": shuffle}
+        own = list(reader.tokens(dtype=dtype, **settings))
+        wide = list(reader.tokens(**settings))
+        assert len(wide) == len(own) == 7
+        for a, b in zip(wide, own, strict=True):
+            assert torch.equal(a["token_index"], b["token_index"])
+            assert all(a[k].dtype == torch.float32 and torch.equal(a[k], b[k].float()) for k in a if k != "token_index")
+        for read_as, expected in ((dtype, own), ("float32", wide)):
+            mine = list(DataLoader(reader.tokens(dtype=read_as, **settings), batch_size=None, num_workers=2))
+            assert all(torch.equal(a[k], b[k]) for a, b in zip(mine, expected, strict=True) for k in a)
+            assert all(_shared_object(batch[k])[1].startswith("/memfd:actcache-window ") for batch in mine
+                       for k in batch)
 
 
 def test_a_missing_chunk_stops_the_read(cache: WrittenCache, tmp_path: Path) -> None:
