@@ -24,6 +24,7 @@ by the sequential one just before it), so that the machine's swings (+-30% withi
 Mixing: how often two rows of a batch come from the same document, divided by that rate under a perfect shuffle
 of the whole epoch (1.0 is perfect; it grows with cache tokens / window rows, so a big cache shows larger values).
 Peak memory is the RSS high-water mark above the RSS when the run starts (VmHWM, reset via /proc/self/clear_refs).
+Last: a bf16 cache of the same rows read as its own bits and as float32 (widened by the decoding tasks).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def _status(field: str) -> int:
     return int(re.search(field + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def write_cache(path: Path, tokens: int, width: int) -> None:
+def write_cache(path: Path, tokens: int, width: int, dtype: str = "float32") -> None:
+    """float32 rows, or their bf16 bits (truncated) for `dtype="bfloat16"`."""
     from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
 
-    fp = CacheFingerprint(model={"architecture": "Bench"}, tokenizer={"backend_sha256": "bench"}, dtype="float32",
+    fp = CacheFingerprint(model={"architecture": "Bench"}, tokenizer={"backend_sha256": "bench"}, dtype=dtype,
                           capture=CaptureSpec(hooks=("resid_post", "attn_z"), layers=(0,), max_length=600),
                           widths={"resid_post": width, "attn_z": width},
                           hook_attrs={"attn_z": {"n_heads": width // 64, "head_dim": 64}})
@@ -71,7 +73,9 @@ def write_cache(path: Path, tokens: int, width: int) -> None:
         seg_writer = writer.segment_writer(segment)
         for hook in ("resid_post", "attn_z"):
             scale = np.exp(rng.normal(0.0, 1.0, width)).astype(np.float32)
-            seg_writer.append(f"{hook}/layer_0", rng.standard_normal((n, width), dtype=np.float32) * scale)
+            rows = rng.standard_normal((n, width), dtype=np.float32) * scale
+            seg_writer.append(f"{hook}/layer_0", rows if dtype == "float32" else (rows.view(np.uint32) >> 16).astype(
+                np.uint16))
         assert writer.commit(f"unit-{unit}", segment, docs, seg_writer.close())
         tokens -= n
         unit += 1
@@ -183,7 +187,7 @@ def concurrent_limit(blobs: list[bytes], parallel: int, processes: bool = False)
 
 
 def run_loader(path: Path, *, shuffle: bool, threads: int | None = 1, workers: int = 0, batch: int = 4096,
-               buffer_tokens: int = 1 << 15, epochs: int = 3) -> dict:
+               buffer_tokens: int = 1 << 15, epochs: int = 3, dtype: str = "float32") -> dict:
     """`epochs` epochs: seconds, CPU seconds, tokens, peak RSS above the start, and the mixing ratio."""
     from actcache.storage import open_cache
     from torch.utils.data import DataLoader
@@ -192,7 +196,7 @@ def run_loader(path: Path, *, shuffle: bool, threads: int | None = 1, workers: i
     doc_of = np.repeat(np.arange(reader.n_documents), [d.n_tokens for d in reader.documents()])
     rss = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
-    ds = reader.tokens(batch_size=batch, shuffle=shuffle, threads=threads, buffer_tokens=buffer_tokens)
+    ds = reader.tokens(batch_size=batch, shuffle=shuffle, threads=threads, buffer_tokens=buffer_tokens, dtype=dtype)
     source = ds if workers == 0 else DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=True)
     tokens, same_pairs, pairs = 0, 0, 0
     for epoch in range(epochs + 1):
@@ -247,7 +251,7 @@ def main() -> int:
         def mb_s(run: dict) -> float:
             return run["tokens"] * token_bytes / run["seconds"] / 1e6
 
-        rows = []
+        rows, scaling = [], {}  # scaling: per parallel set-up, what N decoders at once reach vs one limit x N
         for label, kwargs, parallel in [("1 thread", {"threads": 1}, 1), ("2 threads", {"threads": 2}, 2),
                                         ("2 workers", {"workers": 2, "threads": None}, 2)]:
             pairs = []  # (limit wall, limit cpu, N at once, sequential run, shuffled run), interleaved against load
@@ -257,6 +261,8 @@ def main() -> int:
                 runs = [run_loader(path, shuffle=shuffle, batch=args.batch, epochs=args.epochs, **kwargs)
                         for shuffle in (False, True)]
                 pairs.append((*limit, together, *runs))
+            if parallel > 1:
+                scaling[label] = (parallel, float(np.median([pair[2] / (pair[0] * parallel) for pair in pairs])))
             for index, order in ((3, "sequential"), (4, "shuffled")):
                 runs = [pair[index] for pair in pairs]
                 per_cpu = [run["tokens"] * token_bytes / run["cpu"] / 1e6 for run in runs]
@@ -275,6 +281,12 @@ def main() -> int:
               "at once | vs sequential | MB per CPU s (vs limit) | kernel share of CPU | same-document pairs vs "
               "perfect |\n|---|---|---|---|---|---|---|---|---|---|\n"
               + "\n".join("| " + " | ".join(r) + " |" for r in rows))
+        cap = 1 / (1 + limit_cpu / io)
+        for label, (parallel, share) in scaling.items():
+            kind = "processes" if "workers" in label else "threads"
+            print(f"{label}: {parallel} decoding {kind} at once reach {share:.2f}x of the one-thread limit x "
+                  f"{parallel} here; with the object reads and checksums (at most {cap:.2f}x of the limit) no such "
+                  f"reader can pass {share * cap:.2f}x in the 'vs decode limit x parallel' column", flush=True)
 
         print("\n| buffer_tokens | peak RSS above start (MiB) | window (MiB) | same-document pairs vs perfect |\n"
               "|---|---|---|---|")
@@ -282,6 +294,18 @@ def main() -> int:
             run = run_loader(path, shuffle=True, threads=2, batch=args.batch, buffer_tokens=buffer, epochs=1)
             window = max(1, buffer // args.batch) * args.batch * token_bytes / 2**20
             print(f"| {buffer} | {run['peak'] / 2**20:.0f} | {window:.0f} | {run['mixing']:.1f} |", flush=True)
+
+        bf16 = Path(tmp) / "bf16"
+        write_cache(bf16, args.tokens, args.width, "bfloat16")
+        print("\n| bf16 cache, sequential | tokens/s read as bfloat16 | as float32 (widened) | float32 / bfloat16 |\n"
+              "|---|---|---|---|")
+        for label, kwargs in [("1 thread", {"threads": 1}), ("2 workers", {"workers": 2, "threads": None})]:
+            rates = [[run["tokens"] / run["seconds"] for run in
+                      (run_loader(bf16, shuffle=False, epochs=args.epochs, dtype=dtype, **kwargs)
+                       for dtype in ("bfloat16", "float32"))] for _ in range(args.repeats)]
+            own, wide = np.median(rates, axis=0)
+            ratio = np.median([w / o for o, w in rates])
+            print(f"| {label} | {own:,.0f} | {wide:,.0f} | {ratio:.2f}x |", flush=True)
     return 0
 
 
