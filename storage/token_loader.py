@@ -321,7 +321,8 @@ class _WindowReader:
         """
         rows = self.slots * self.owner.settings.batch_size
         for i, spare in enumerate(self.owner._spare):
-            if len(spare.arrays[-1]) == rows and (
+            # a forked worker inherits its parent's spare buffers, which the main process cannot map
+            if len(spare.arrays[-1]) == rows and (spare.shared is not None) == self.shared and (
                     # references: the list, `b` and getrefcount's argument; none from a batch the caller still holds
                     all(sys.getrefcount(b) <= 3 for b in spare.arrays) if spare.shared is None
                     else spare.shared.all_released()):

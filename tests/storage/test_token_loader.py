@@ -116,7 +116,10 @@ def test_one_dataset_read_in_process_stopped_early_then_by_forked_workers(cache:
             if i == stop:
                 break
     ds.load_state_dict({**ds.state_dict(), "step": 0})  # start over
-    for got in (_collect(ds), _collect(DataLoader(ds, batch_size=None, num_workers=2, timeout=120)), _collect(ds)):
+    forked = list(DataLoader(ds, batch_size=None, num_workers=2, timeout=120))
+    # the workers decode into memory the main process maps, not into the buffers they inherited
+    assert all(_shared_object(b["resid_post.1"])[1].startswith("/memfd:actcache-window ") for b in forked)
+    for got in (_collect(ds), _collect(forked), _collect(ds)):
         assert len(got) == len(reference) == 25
         for mine, theirs in zip(got, reference, strict=True):
             for key in theirs:
