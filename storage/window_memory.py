@@ -3,8 +3,8 @@
 A worker decodes a window into a memfd. A batch travels through the DataLoader's queue as (worker pid, fd number,
 inode, offsets): the main process opens the memfd through /proc/<pid>/fd and maps it, so nothing is copied and no
 file descriptor is passed per batch. torch's own sharing sends every storage's descriptor through a new
-authenticated socket connection to the worker, a handful of cross-process wake-ups per batch that cost a 2-worker
-sequential read ~14% of its throughput on this 2-vCPU machine (tests/bench/bench_loader.py, side by side).
+authenticated socket connection to the worker: a handful of cross-process wake-ups per batch, which cost a 2-worker
+sequential read 5-19% of its throughput per CPU second on this 2-vCPU machine (interleaved side-by-side runs).
 
 The main process writes a batch's generation number into the window's `released` flags (in the memfd too) once
 the batch and every view of it are gone; the worker reuses a window only when every batch it handed out is
@@ -59,8 +59,8 @@ class WindowMemory:
         self._generations = itertools.count()
 
     def hand_out(self, batch: Batch, slot: int) -> Batch:
-        """`batch` (tensors over this memory, or not: those travel as torch sends them), to be sent to the main
-        process as batch `slot` of the window."""
+        """`batch` (contiguous views of this memory), to be sent to the main process as batch `slot` of the
+        window."""
         generation = next(self._generations)
         self.issued[slot] = generation
         out = _HandedOut(batch)
@@ -103,10 +103,11 @@ class _HandedOut(dict):  # type: ignore[type-arg]
 
 def _send_batch(batch: _HandedOut) -> tuple[Callable[..., Batch], tuple[Any, ...]]:
     memory, slot, generation = batch.origin
-    parts: dict[str, Any] = {}
+    parts = {}
     for key, tensor in batch.items():
         offset = memory.offset_of(tensor)
-        parts[key] = tensor if offset is None else (offset, tuple(tensor.shape), tensor.dtype)
+        assert offset is not None, f"{key} is not a view of its window memory"  # batches slice a window's arrays
+        parts[key] = (offset, tuple(tensor.shape), tensor.dtype)
     return _receive_batch, (os.getpid(), memory.fd, memory.inode, memory.size, memory.released_at,
                             len(memory.released), slot, generation, parts)
 
@@ -130,13 +131,13 @@ def _map_worker_memory(pid: int, fd: int, inode: int, size: int) -> mmap.mmap:
 
 
 def _receive_batch(pid: int, fd: int, inode: int, size: int, released_at: int, slots: int, slot: int,
-                   generation: int, parts: dict[str, Any]) -> Batch:
+                   generation: int, parts: dict[str, tuple[int, tuple[int, ...], torch.dtype]]) -> Batch:
     """(main process) A worker's batch: tensors over its window memory that write `generation` into the window's
     `released[slot]` once the last view of any of them is gone (a tensor made by `torch.from_numpy` keeps its
     array, the one watched, alive; every view of it shares that array)."""
     memory = _map_worker_memory(pid, fd, inode, size)
     flags = np.frombuffer(memory, np.int64, slots, released_at)
-    pending, lock = [sum(isinstance(part, tuple) for part in parts.values())], threading.Lock()
+    pending, lock = [len(parts)], threading.Lock()
 
     def release() -> None:
         with lock:
@@ -144,14 +145,8 @@ def _receive_batch(pid: int, fd: int, inode: int, size: int, released_at: int, s
             if pending[0] == 0:
                 flags[slot] = generation
 
-    if pending[0] == 0:
-        flags[slot] = generation
     batch = {}
-    for key, part in parts.items():
-        if not isinstance(part, tuple):
-            batch[key] = part
-            continue
-        offset, shape, dtype = part
+    for key, (offset, shape, dtype) in parts.items():
         raw = np.frombuffer(memory, np.uint8, int(np.prod(shape)) * dtype.itemsize, offset)
         weakref.finalize(raw, release).atexit = False
         batch[key] = torch.from_numpy(raw).view(dtype).view(shape)
