@@ -285,8 +285,10 @@ class CacheReader:
         `rank`/`world_size` give each rank the same number of batches (at most world_size - 1 dropped, none
         repeated); `where` filters documents by label (as `pooled`); `positions` keeps token positions `k:` (an
         int) or a slice of each document; `dtype` is float32 or the stored dtype (the cache's, or bfloat16 for
-        `--store-as bfloat16`; fp8/int8 caches decode to float32). `state_dict()` /
-        `load_state_dict()` resume mid-epoch exactly (storage/token_loader.py).
+        `--store-as bfloat16`; fp8/int8 caches decode to float32; float32 rows of a bf16/fp16 cache widen as
+        they decode, so its windows hold 4 bytes a value). DataLoader workers hand their batches to the main
+        process without a copy (on Linux; storage/window_memory.py). `state_dict()` / `load_state_dict()` resume
+        mid-epoch exactly (storage/token_loader.py).
         """
         from .token_loader import TokenDataset
         from .token_plan import LoaderSettings, parse_positions
