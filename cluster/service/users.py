@@ -18,6 +18,8 @@ __all__ = ["LIMITS", "ROLES", "User", "UsersError", "add_user", "authenticate", 
 
 ROLES = ("submit", "read")
 _TOKEN_BYTES = 32  # 256 bits: a plain sha256 of such a token cannot be brute-forced, so no slow hash is needed
+# a url-safe token starts with '-' one time in 32, and argparse then takes `--token -x...` for an option
+_TOKEN_PREFIX = "act_"
 
 
 class UsersError(InputError):
@@ -92,7 +94,7 @@ def add_user(path: str | Path, name: str, roles: tuple[str, ...], *, tokens_per_
         raise UsersError(f"user {name!r} already exists in {path}; pick another name or remove that entry first")
     for limit, value in (("tokens_per_day", tokens_per_day), ("concurrent_jobs", concurrent_jobs)):
         _limit(path, name, limit, value)
-    token = secrets.token_urlsafe(_TOKEN_BYTES)
+    token = _TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
     entries: dict[str, Any] = {u.name: u.to_entry() for u in users.values()}
     entries[name] = User(name, roles, _digest(token), tokens_per_day, concurrent_jobs).to_entry()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from actcache.actcache_cli import main
+from actcache.actcache_cli import build_parser, main
 from actcache.cluster.service.job_store import jobs_folder
 from actcache.cluster.service.users import add_user, load_users
 from actcache.storage import open_cache
@@ -60,6 +60,15 @@ def test_user_add_prints_the_token_once_and_stores_only_its_hash(tmp_path: Path,
     assert carol.roles == ("read",) and carol.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
     assert main(["user", "add", "carol", "--users", str(path)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_every_token_handed_out_passes_as_a_command_line_argument(tmp_path: Path) -> None:
+    """A token that began with '-' (one in 32 of them did) read as an option: `submit --token -x...` failed."""
+    parser = build_parser()
+    for i in range(200):
+        token = add_user(tmp_path / f"users-{i}.yaml", "alice", ("read",))
+        argv = ["submit", "--server", "http://127.0.0.1:1", "--token", token, "--corpus", "c.jsonl", "--name", "n"]
+        assert parser.parse_args(argv).token == token
 
 
 def test_auth_matrix(service: Service, users: tuple[Path, dict[str, str]]) -> None:
