@@ -34,7 +34,7 @@ from .layout import parse_activation_name, segment_path
 from .lossy import decode, side_names
 from .pooled import select_documents
 from .token_plan import LoaderSettings, LoaderSettingsError, Piece, TokenPlan
-from .window_memory import SHARABLE, Drain, WindowMemory
+from .window_memory import SHARABLE, Batch, Drain, WindowMemory
 
 if TYPE_CHECKING:
     from .backends import StorageBackend
@@ -50,7 +50,6 @@ MAX_DEFAULT_THREADS = 8
 # new iteration (epoch) found only the pinned one and faulted in a fresh window
 SPARE_WINDOWS = 3
 SPARE_BATCHES = 8  # ... or as many batches' worth, if more: a worker's one-batch windows wait in the DataLoader's queue
-Batch = dict[str, torch.Tensor]
 
 
 class TokenDataset(IterableDataset[Batch]):

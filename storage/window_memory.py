@@ -29,7 +29,7 @@ import torch
 
 from .errors import CacheError
 
-__all__ = ["SHARABLE", "WindowMemory", "Drain"]
+__all__ = ["SHARABLE", "Batch", "WindowMemory", "Drain"]
 
 SHARABLE = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 _ALIGN = 64  # bytes: every array starts on a cache line
@@ -88,11 +88,8 @@ class Drain:
         self._memory: list[WindowMemory] = []
 
     def add(self, memory: WindowMemory) -> None:
-        self._memory.append(memory)
-        self.sweep()
-
-    def sweep(self) -> None:
-        self._memory = [m for m in self._memory if not m.all_released()]
+        """Keep `memory` while the main process may still map it; let go of what it has released since."""
+        self._memory = [m for m in (*self._memory, memory) if not m.all_released()]
 
 
 class _HandedOut(dict):  # type: ignore[type-arg]
