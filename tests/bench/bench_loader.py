@@ -52,7 +52,8 @@ def _status(field: str) -> int:
 
 
 def write_cache(path: Path, tokens: int, width: int, dtype: str = "float32") -> None:
-    """float32 rows, or their bf16 bits (truncated) for `dtype="bfloat16"`."""
+    """float32 rows, or the same rows rounded to bf16 for `dtype="bfloat16"`."""
+    import torch
     from actcache.storage import CacheFingerprint, CacheWriter, CaptureSpec, DocRecord
 
     fp = CacheFingerprint(model={"architecture": "Bench"}, tokenizer={"backend_sha256": "bench"}, dtype=dtype,
@@ -74,8 +75,7 @@ def write_cache(path: Path, tokens: int, width: int, dtype: str = "float32") -> 
         for hook in ("resid_post", "attn_z"):
             scale = np.exp(rng.normal(0.0, 1.0, width)).astype(np.float32)
             rows = rng.standard_normal((n, width), dtype=np.float32) * scale
-            seg_writer.append(f"{hook}/layer_0", rows if dtype == "float32" else (rows.view(np.uint32) >> 16).astype(
-                np.uint16))
+            seg_writer.append(f"{hook}/layer_0", rows if dtype == "float32" else torch.from_numpy(rows).bfloat16())
         assert writer.commit(f"unit-{unit}", segment, docs, seg_writer.close())
         tokens -= n
         unit += 1
